@@ -1,0 +1,513 @@
+import { randomUUID } from "node:crypto";
+import type { Logger } from "pino";
+import type { Sql } from "../db/pool.ts";
+import { query } from "../db/queries.ts";
+import type { BatchOutcome, LagoClient, LagoEventBody } from "../lago/client.ts";
+import { LagoUnavailableError, type SubscriptionResolver } from "../lago/subscriptions.ts";
+import type { Metrics } from "../metrics.ts";
+import { backoffMs, giveUpReason, type RetryPolicy } from "./retry-policy.ts";
+import type { Sink } from "./sink.ts";
+
+interface ClaimedEvent {
+  id: string;
+  transaction_id: string;
+  customer_id: string;
+  code: string;
+  event_timestamp: number;
+  properties: Record<string, unknown>;
+  precise_total_amount_cents: string | null;
+  external_subscription_id: string | null;
+  attempts: number;
+  created_at: Date;
+}
+
+interface Settlement {
+  id: string;
+  state: "pending" | "delivered" | "failed" | "unbillable";
+  delay_s?: number;
+  error?: string | null;
+  status?: number | null;
+  duplicate?: boolean;
+  uncount?: number;
+}
+
+export interface WorkerOptions {
+  sql: Sql;
+  client: LagoClient;
+  resolver: SubscriptionResolver;
+  sink: Sink;
+  log: Logger;
+  metrics?: Metrics;
+  batchSize: number;
+  concurrency: number;
+  rateLimitRps: number;
+  retry: RetryPolicy;
+  /** How long a claim holds events before another worker may take them (crash recovery). */
+  leaseSeconds?: number;
+  pollIntervalMs?: number;
+  workerId?: string;
+}
+
+/** A token bucket for the client-side request cap (LAGO_RATE_LIMIT_RPS). */
+class RateLimiter {
+  #tokens: number;
+  #last = Date.now();
+  readonly #rate: number;
+  constructor(rate: number) {
+    this.#rate = rate;
+    this.#tokens = rate > 0 ? Math.max(1, rate / 10) : Number.POSITIVE_INFINITY;
+  }
+  #refill(): void {
+    if (this.#rate <= 0) return;
+    const now = Date.now();
+    this.#tokens = Math.min(
+      Math.max(1, this.#rate / 10),
+      this.#tokens + ((now - this.#last) / 1000) * this.#rate,
+    );
+    this.#last = now;
+  }
+  /** Takes up to n tokens; returns how many it got. */
+  take(n: number): number {
+    this.#refill();
+    const got = Math.min(n, Math.floor(this.#tokens));
+    this.#tokens -= got;
+    return got;
+  }
+  refund(n: number): void {
+    if (this.#rate > 0) this.#tokens += n;
+  }
+  msUntilToken(): number {
+    this.#refill();
+    return this.#rate <= 0 || this.#tokens >= 1 ? 0 : Math.ceil(((1 - this.#tokens) / this.#rate) * 1000);
+  }
+}
+
+/** Index-keyed 422 details: which events Lago already has, which it refuses and why. */
+function readRejection(details: Record<string, unknown>, size: number) {
+  const duplicate = new Set<number>();
+  const invalid = new Map<number, string>();
+  for (const [key, value] of Object.entries(details)) {
+    const index = Number(key);
+    if (!Number.isInteger(index) || index < 0 || index >= size) continue;
+    const text = typeof value === "string" ? value : JSON.stringify(value);
+    const fields = typeof value === "object" && value !== null ? (value as Record<string, unknown>) : {};
+    const fieldNames = Object.keys(fields);
+    const onlyDuplicate =
+      fieldNames.length === 1 &&
+      Array.isArray(fields.transaction_id) &&
+      fields.transaction_id.every((v) => v === "value_already_exist");
+    if (onlyDuplicate) duplicate.add(index);
+    else invalid.set(index, `Lago rejected the event: ${text}`.slice(0, 1000));
+  }
+  return { duplicate, invalid };
+}
+
+/**
+ * The delivery worker: one dispatcher claims due events for all free slots at once, splits them into
+ * batches of LAGO_BATCH_SIZE and keeps up to LAGO_WORKER_CONCURRENCY batches in flight. It wakes on
+ * NOTIFY (or a local wake) and polls as a fallback. Any number of workers can run in any number of
+ * processes: claims use SKIP LOCKED and leases, settles check the lease.
+ */
+export class DeliveryWorker {
+  readonly #o: Required<Omit<WorkerOptions, "metrics">> & Pick<WorkerOptions, "metrics">;
+  readonly #limiter: RateLimiter;
+  readonly #inFlight = new Set<Promise<void>>();
+  #running = false;
+  #stopped: Promise<void> | null = null;
+  #wakeResolve: (() => void) | null = null;
+  #woken = false;
+  #unlisten: (() => Promise<void>) | null = null;
+  #lastSuccess: Date | null = null;
+  #lastFailure: { at: Date; error: string } | null = null;
+
+  constructor(opts: WorkerOptions) {
+    this.#o = {
+      leaseSeconds: 120,
+      pollIntervalMs: 1000,
+      workerId: `${process.pid}-${randomUUID().slice(0, 8)}`,
+      ...opts,
+    } as Required<Omit<WorkerOptions, "metrics">> & Pick<WorkerOptions, "metrics">;
+    this.#limiter = new RateLimiter(opts.rateLimitRps);
+  }
+
+  get lastSuccess(): Date | null {
+    return this.#lastSuccess;
+  }
+
+  get lastFailure(): { at: Date; error: string } | null {
+    return this.#lastFailure;
+  }
+
+  /** Makes the dispatcher look for due events now (after a local commit, or a NOTIFY). */
+  wake(): void {
+    this.#woken = true;
+    this.#wakeResolve?.();
+  }
+
+  async start(): Promise<void> {
+    if (this.#running) return;
+    this.#running = true;
+    try {
+      const sub = await this.#o.sql.listen("lago_events", () => this.wake());
+      this.#unlisten = sub.unlisten;
+    } catch (err) {
+      this.#o.log.warn({ err }, "LISTEN failed; the worker polls instead");
+    }
+    this.#stopped = this.#loop();
+  }
+
+  /** Stops claiming, lets in-flight batches settle, and returns. */
+  async stop(): Promise<void> {
+    this.#running = false;
+    this.wake();
+    await this.#stopped;
+    await Promise.allSettled([...this.#inFlight]);
+    await this.#unlisten?.().catch(() => undefined);
+  }
+
+  #sleep(ms: number): Promise<void> {
+    if (this.#woken || !this.#running) {
+      this.#woken = false;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      const self = this;
+      function done() {
+        clearTimeout(timer);
+        self.#wakeResolve = null;
+        self.#woken = false;
+        resolve();
+      }
+      this.#wakeResolve = done;
+    });
+  }
+
+  async #loop(): Promise<void> {
+    const { sink, batchSize, concurrency, log } = this.#o;
+    while (this.#running) {
+      try {
+        const pause = sink.waitMs();
+        if (pause > 0) {
+          await this.#sleep(Math.min(pause, this.#o.pollIntervalMs * 5));
+          continue;
+        }
+        // After a pause only one probe batch goes out; when it succeeds the sink is ok again.
+        const free = sink.isOk ? concurrency - this.#inFlight.size : this.#inFlight.size === 0 ? 1 : 0;
+        if (free <= 0) {
+          await Promise.race([...this.#inFlight, this.#sleep(this.#o.pollIntervalMs)]);
+          continue;
+        }
+        const slots = this.#limiter.take(free);
+        if (slots === 0) {
+          await this.#sleep(this.#limiter.msUntilToken());
+          continue;
+        }
+        const lease = randomUUID();
+        const claimed = await this.#o.sql.unsafe<ClaimedEvent[]>(query("claim_due_events"), [
+          slots * batchSize,
+          lease,
+          this.#o.leaseSeconds,
+        ]);
+        const batches = Math.ceil(claimed.length / batchSize);
+        this.#limiter.refund(slots - batches);
+        if (claimed.length === 0) {
+          await this.#sleep(this.#o.pollIntervalMs);
+          continue;
+        }
+        for (let i = 0; i < batches; i++) {
+          const batch = claimed.slice(i * batchSize, (i + 1) * batchSize);
+          const p = this.#deliver(batch, lease)
+            .catch((err: unknown) =>
+              log.error({ err }, "delivery batch failed; its events retry after the lease"),
+            )
+            .finally(() => this.#inFlight.delete(p));
+          this.#inFlight.add(p);
+        }
+      } catch (err) {
+        log.error({ err }, "delivery loop error (database unavailable?); retrying");
+        await this.#sleep(this.#o.pollIntervalMs * 2);
+      }
+    }
+  }
+
+  async #settle(
+    lease: string,
+    rows: Settlement[],
+    attempt: {
+      success: boolean;
+      status: number | null;
+      count: number;
+      ms: number;
+      error: string | null;
+    } | null,
+  ): Promise<void> {
+    if (rows.length === 0 && attempt === null) return;
+    await this.#o.sql.unsafe(query("settle_events"), [
+      lease,
+      JSON.stringify(rows),
+      attempt?.success ?? null,
+      attempt?.status ?? null,
+      attempt?.count ?? null,
+      attempt?.ms ?? null,
+      attempt?.error ?? null,
+      this.#o.workerId,
+    ] as never);
+    const m = this.#o.metrics;
+    if (m) {
+      for (const r of rows) {
+        if (r.state === "delivered") m.delivered.inc({ duplicate: r.duplicate ? "true" : "false" });
+        else if (r.state !== "pending") m.parked.inc({ state: r.state });
+      }
+    }
+  }
+
+  /** Subscriptions and metric codes are checked before an event's first send; Lago would take them silently. */
+  async #prepare(
+    batch: ClaimedEvent[],
+    lease: string,
+  ): Promise<{ send: ClaimedEvent[]; parked: Settlement[] }> {
+    const { resolver, sink } = this.#o;
+    for (const code of new Set(batch.map((e) => e.code))) {
+      if (!(await resolver.metricExists(code))) {
+        sink.metricMissing(code);
+        throw new MetricMissing(code);
+      }
+    }
+    const parked: Settlement[] = [];
+    const send: ClaimedEvent[] = [];
+    const frozen: { id: string; subscription: string }[] = [];
+    const byKey = new Map<string, ReturnType<SubscriptionResolver["check"]>>();
+    for (const e of batch) {
+      const firstSend = e.attempts === 1 || e.external_subscription_id === null;
+      if (!firstSend) {
+        send.push(e);
+        continue;
+      }
+      const key =
+        e.external_subscription_id === null ? `c:${e.customer_id}` : `s:${e.external_subscription_id}`;
+      let pending = byKey.get(key);
+      if (!pending) {
+        pending =
+          e.external_subscription_id === null
+            ? resolver.lookup(e.customer_id)
+            : resolver.check(e.external_subscription_id);
+        byKey.set(key, pending);
+      }
+      const r = await pending;
+      if (!r.ok) {
+        parked.push({ id: e.id, state: "unbillable", error: r.reason, uncount: 1 });
+        continue;
+      }
+      if (e.external_subscription_id === null) {
+        frozen.push({ id: e.id, subscription: r.subscriptionId });
+        e.external_subscription_id = r.subscriptionId;
+      }
+      send.push(e);
+    }
+    if (frozen.length > 0) {
+      await this.#o.sql.unsafe(query("freeze_subscriptions"), [lease, JSON.stringify(frozen)]);
+    }
+    return { send, parked };
+  }
+
+  async #deliver(claimed: ClaimedEvent[], lease: string): Promise<void> {
+    const { sink, log } = this.#o;
+    const epoch = sink.epoch;
+    let prepared: { send: ClaimedEvent[]; parked: Settlement[] };
+    try {
+      prepared = await this.#prepare(claimed, lease);
+    } catch (err) {
+      // Nothing was sent: give the attempt back and try again shortly.
+      const delay = err instanceof MetricMissing ? 60 : 5;
+      const error =
+        err instanceof LagoUnavailableError || err instanceof MetricMissing ? err.message : String(err);
+      if (err instanceof LagoUnavailableError) sink.failed(error, epoch);
+      this.#lastFailure = { at: new Date(), error };
+      await this.#settle(
+        lease,
+        claimed.map((e) => ({ id: e.id, state: "pending", delay_s: delay, error, uncount: 1 })),
+        null,
+      );
+      return;
+    }
+    if (prepared.parked.length > 0) {
+      log.warn(
+        { count: prepared.parked.length, reason: prepared.parked[0]?.error },
+        "events parked as unbillable",
+      );
+      await this.#settle(lease, prepared.parked, null);
+    }
+    let rest = prepared.send;
+    // A 422 rejects the whole batch; the events Lago did not object to are sent again at once.
+    for (let round = 0; rest.length > 0 && round < 5; round++) {
+      rest = await this.#sendOnce(rest, lease, epoch);
+    }
+    if (rest.length > 0) {
+      await this.#settle(
+        lease,
+        rest.map((e) => ({ id: e.id, state: "pending", delay_s: 1, uncount: 0 })),
+        null,
+      );
+    }
+  }
+
+  /** Sends one batch and settles it; returns the events to resend immediately (after a 422). */
+  async #sendOnce(events: ClaimedEvent[], lease: string, epoch: number): Promise<ClaimedEvent[]> {
+    const { client, sink, log, metrics, retry } = this.#o;
+    const body: LagoEventBody[] = events.map((e) => ({
+      transaction_id: e.transaction_id,
+      external_subscription_id: e.external_subscription_id as string,
+      code: e.code,
+      timestamp: e.event_timestamp,
+      properties: e.properties,
+      ...(e.precise_total_amount_cents === null
+        ? {}
+        : { precise_total_amount_cents: e.precise_total_amount_cents }),
+    }));
+    const started = performance.now();
+    const outcome: BatchOutcome = await client.sendBatch(body);
+    const ms = Math.round(performance.now() - started);
+    metrics?.requestSeconds.observe({ outcome: outcome.kind }, ms / 1000);
+    const attempt = {
+      success: outcome.kind === "ok",
+      status: outcome.status,
+      count: events.length,
+      ms,
+      error:
+        outcome.kind === "ok"
+          ? null
+          : "error" in outcome
+            ? outcome.error
+            : JSON.stringify(outcome).slice(0, 1000),
+    };
+    const now = Date.now();
+    switch (outcome.kind) {
+      case "ok": {
+        this.#lastSuccess = new Date();
+        if (sink.succeeded(epoch)) this.#afterRecovery();
+        await this.#settle(
+          lease,
+          events.map((e) => ({ id: e.id, state: "delivered", status: outcome.status })),
+          attempt,
+        );
+        metrics?.lagSeconds && this.#observeLag(events, now);
+        return [];
+      }
+      case "rejected": {
+        if (sink.succeeded(epoch)) this.#afterRecovery();
+        const { duplicate, invalid } = readRejection(outcome.details, events.length);
+        const settled: Settlement[] = [];
+        const resend: ClaimedEvent[] = [];
+        events.forEach((e, i) => {
+          if (duplicate.has(i)) settled.push({ id: e.id, state: "delivered", duplicate: true, status: 422 });
+          else if (invalid.has(i))
+            settled.push({ id: e.id, state: "failed", error: invalid.get(i), status: 422 });
+          else resend.push(e);
+        });
+        if (invalid.size > 0)
+          log.warn(
+            { count: invalid.size, example: settled.find((s) => s.state === "failed")?.error },
+            "Lago rejected events; parked as failed",
+          );
+        if (settled.length === 0) {
+          // Lago objected to something it did not index: park the batch rather than loop.
+          const error = `Lago answered 422 without index-keyed errors: ${JSON.stringify(outcome.details).slice(0, 500)}`;
+          await this.#settle(
+            lease,
+            events.map((e) => ({ id: e.id, state: "failed", error, status: 422 })),
+            attempt,
+          );
+          return [];
+        }
+        await this.#settle(lease, settled, attempt);
+        return resend;
+      }
+      case "rate_limited": {
+        sink.rateLimited(outcome.resetSeconds, epoch);
+        metrics?.rateLimited.inc();
+        await this.#settle(
+          lease,
+          events.map((e) => ({
+            id: e.id,
+            state: "pending",
+            delay_s: outcome.resetSeconds,
+            uncount: 1,
+            status: 429,
+          })),
+          attempt,
+        );
+        return [];
+      }
+      case "auth": {
+        sink.authFailed(outcome.error, epoch);
+        this.#lastFailure = { at: new Date(), error: outcome.error };
+        log.error(
+          { status: outcome.status },
+          "Lago refused the API key: nothing is sent until LAGO_API_KEY works; events stay pending",
+        );
+        await this.#settle(
+          lease,
+          events.map((e) => ({
+            id: e.id,
+            state: "pending",
+            delay_s: 30,
+            uncount: 1,
+            status: outcome.status,
+            error: outcome.error,
+          })),
+          attempt,
+        );
+        return [];
+      }
+      case "retryable":
+      case "invalid": {
+        if (outcome.kind === "retryable") sink.failed(outcome.error, epoch);
+        this.#lastFailure = { at: new Date(), error: outcome.error };
+        const rows = events.map((e): Settlement => {
+          const gaveUp =
+            outcome.kind === "invalid"
+              ? "Lago refused the request"
+              : giveUpReason(retry, e.attempts, new Date(e.created_at).getTime(), now);
+          if (gaveUp)
+            return {
+              id: e.id,
+              state: "failed",
+              error: `${gaveUp}: ${outcome.error}`,
+              status: outcome.status,
+            };
+          return {
+            id: e.id,
+            state: "pending",
+            delay_s: backoffMs(retry, e.attempts) / 1000,
+            error: outcome.error,
+            status: outcome.status,
+          };
+        });
+        await this.#settle(lease, rows, attempt);
+        return [];
+      }
+    }
+  }
+
+  #observeLag(events: ClaimedEvent[], now: number): void {
+    const h = this.#o.metrics?.lagSeconds;
+    if (!h) return;
+    for (const e of events) h.observe(Math.max(0, now / 1000 - e.event_timestamp));
+  }
+
+  /** Lago is back: events waiting out long backoffs go now instead of minutes later. */
+  #afterRecovery(): void {
+    this.#o.log.info("Lago answers again; sending the backlog");
+    this.#o.sql
+      .unsafe(query("retry_now"))
+      .then(() => this.wake())
+      .catch((err: unknown) => this.#o.log.warn({ err }, "could not advance retries after recovery"));
+  }
+}
+
+class MetricMissing extends Error {
+  constructor(code: string) {
+    super(`billable metric "${code}" does not exist in Lago: run \`webhook-service lago setup\``);
+  }
+}

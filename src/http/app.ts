@@ -1,0 +1,41 @@
+import swagger from "@fastify/swagger";
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
+import type { Service } from "../service.ts";
+import { bearerAuth } from "./auth.ts";
+import { installErrorHandler } from "./errors.ts";
+import { healthRoutes } from "./routes/health.ts";
+import { ingestRoutes } from "./routes/ingest.ts";
+import { litellmRoutes } from "./routes/litellm.ts";
+import { operationRoutes } from "./routes/operations.ts";
+
+/** Builds the HTTP app (not listening), so tests can use inject() or listen on port 0. */
+export async function buildApp(service: Service): Promise<FastifyInstance> {
+  const app = Fastify({
+    loggerInstance: service.log.child({ component: "http" }) as FastifyBaseLogger,
+    disableRequestLogging: true,
+    bodyLimit: service.settings.ingest.bodyLimitBytes,
+    ajv: {
+      customOptions: { allErrors: true, coerceTypes: false, removeAdditional: false, useDefaults: false },
+    },
+  });
+  installErrorHandler(app);
+  await app.register(swagger, {
+    openapi: {
+      info: { title: "webhook-service", version: "0.1.0", description: "Usage ledger and Lago delivery" },
+      components: { securitySchemes: { bearer: { type: "http", scheme: "bearer" } } },
+      security: [{ bearer: [] }],
+    },
+  });
+  await app.register(healthRoutes, { service });
+  await app.register(
+    async (webhooks) => {
+      webhooks.addHook("onRequest", bearerAuth(service.settings.webhookSecret));
+      await webhooks.register(ingestRoutes, { service });
+      await webhooks.register(litellmRoutes, { service });
+      await webhooks.register(operationRoutes, { service });
+    },
+    { prefix: "/webhooks" },
+  );
+  app.get("/openapi.json", { schema: { hide: true } }, async () => app.swagger());
+  return app;
+}

@@ -1,0 +1,215 @@
+import type { Logger } from "pino";
+import type { Sql } from "../db/pool.ts";
+import { query } from "../db/queries.ts";
+import type { OutgoingEvent } from "../lago/mapping.ts";
+import { fingerprint, type UsageRecord } from "./record.ts";
+
+export type Outcome = "accepted" | "duplicate" | "conflict";
+
+export interface Rejection {
+  source: string;
+  requestId: string | null;
+  reason: string;
+  payload: unknown;
+}
+
+interface Job {
+  records: UsageRecord[];
+  rejections: Rejection[];
+  resolve: (outcomes: Outcome[]) => void;
+  reject: (err: unknown) => void;
+}
+
+export interface LedgerOptions {
+  /** Transactions committing concurrently; each takes every request waiting at its start. */
+  writers?: number;
+  /** Most records one transaction takes from the queue. */
+  maxRecordsPerCommit?: number;
+  mapEvents: (r: UsageRecord) => OutgoingEvent[];
+  /** Called after a commit that created outgoing events (wakes the delivery worker). */
+  onCommitted?: (outgoing: number) => void;
+  log?: Logger;
+}
+
+/**
+ * Writes usage records to the ledger with group commit: concurrent requests share transactions, so
+ * many single-event posts cost a few commits instead of one each. A caller's promise resolves only
+ * after the transaction holding its records has committed.
+ */
+export class Ledger {
+  readonly #sql: Sql;
+  readonly #opts: Required<Omit<LedgerOptions, "log" | "onCommitted">> &
+    Pick<LedgerOptions, "log" | "onCommitted">;
+  readonly #queue: Job[] = [];
+  #active = 0;
+
+  constructor(sql: Sql, opts: LedgerOptions) {
+    this.#sql = sql;
+    this.#opts = { writers: 4, maxRecordsPerCommit: 5000, ...opts };
+  }
+
+  /** Stores records (and rejected payloads, for the record); resolves with one outcome per record. */
+  write(records: UsageRecord[], rejections: Rejection[] = []): Promise<Outcome[]> {
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ records, rejections, resolve, reject });
+      this.#pump();
+    });
+  }
+
+  #pump(): void {
+    while (this.#active < this.#opts.writers && this.#queue.length > 0) {
+      const jobs: Job[] = [];
+      let n = 0;
+      while (
+        this.#queue.length > 0 &&
+        (jobs.length === 0 || n + (this.#queue[0]?.records.length ?? 0) <= this.#opts.maxRecordsPerCommit)
+      ) {
+        const job = this.#queue.shift() as Job;
+        jobs.push(job);
+        n += job.records.length;
+      }
+      this.#active++;
+      this.#commit(jobs)
+        .catch((err: unknown) => {
+          for (const j of jobs) j.reject(err);
+        })
+        .finally(() => {
+          this.#active--;
+          this.#pump();
+        });
+    }
+  }
+
+  async #commit(jobs: Job[]): Promise<void> {
+    // First occurrence of a request id in this commit is the candidate; later ones are judged against it.
+    const candidates = new Map<string, { record: UsageRecord; fp: string }>();
+    const rows: unknown[] = [];
+    const events: unknown[] = [];
+    const perJob: { record: UsageRecord; fp: string; first: boolean }[][] = [];
+    for (const job of jobs) {
+      const entries = job.records.map((record) => {
+        const fp = fingerprint(record);
+        if (candidates.has(record.requestId)) return { record, fp, first: false };
+        candidates.set(record.requestId, { record, fp });
+        rows.push(toRow(record, fp));
+        for (const e of this.#opts.mapEvents(record)) events.push(toEventRow(record, e));
+        return { record, fp, first: true };
+      });
+      perJob.push(entries);
+    }
+    const rejections = jobs.flatMap((j) => j.rejections);
+    const { inserted, existing, outgoing } = await this.#sql.begin(async (tx) => {
+      const inserted = new Set<string>();
+      let outgoing = 0;
+      if (rows.length > 0) {
+        const res = await tx.unsafe<{ request_id: string; outgoing: number }[]>(query("insert_usage"), [
+          JSON.stringify(rows),
+          JSON.stringify(events),
+        ]);
+        for (const r of res) {
+          inserted.add(r.request_id);
+          outgoing = r.outgoing;
+        }
+      }
+      const missing = [...candidates.keys()].filter((id) => !inserted.has(id));
+      const existing = new Map<string, string>();
+      if (missing.length > 0) {
+        const found = await tx.unsafe<{ request_id: string; fingerprint: string }[]>(
+          query("existing_fingerprints"),
+          [missing],
+        );
+        for (const f of found) existing.set(f.request_id, f.fingerprint);
+      }
+      const conflicts: unknown[] = [];
+      for (const entries of perJob) {
+        for (const { record, fp, first } of entries) {
+          const stored =
+            first && inserted.has(record.requestId)
+              ? undefined
+              : (existing.get(record.requestId) ?? candidates.get(record.requestId)?.fp);
+          if (stored !== undefined && stored !== fp) {
+            conflicts.push({
+              request_id: record.requestId,
+              source: record.source,
+              existing_fingerprint: stored,
+              incoming_fingerprint: fp,
+              incoming: toRow(record, fp),
+            });
+          }
+        }
+      }
+      if (conflicts.length > 0) await tx.unsafe(query("insert_conflicts"), [JSON.stringify(conflicts)]);
+      if (rejections.length > 0) {
+        await tx.unsafe(query("insert_rejections"), [
+          JSON.stringify(
+            rejections.map((r) => ({
+              source: r.source,
+              request_id: r.requestId,
+              reason: r.reason,
+              payload: r.payload,
+            })),
+          ),
+        ]);
+      }
+      return { inserted, existing, outgoing };
+    });
+    if (outgoing > 0) this.#opts.onCommitted?.(outgoing);
+    jobs.forEach((job, i) => {
+      const outcomes = (perJob[i] ?? []).map(({ record, fp, first }): Outcome => {
+        if (first && inserted.has(record.requestId)) return "accepted";
+        const stored = existing.get(record.requestId) ?? candidates.get(record.requestId)?.fp;
+        if (stored !== fp) {
+          this.#opts.log?.warn(
+            { requestId: record.requestId, source: record.source },
+            "conflict: request id already stored with different content; the first version is kept",
+          );
+          return "conflict";
+        }
+        return "duplicate";
+      });
+      job.resolve(outcomes);
+    });
+  }
+}
+
+function toRow(r: UsageRecord, fp: string) {
+  return {
+    request_id: r.requestId,
+    event_time: r.timestamp,
+    customer_id: r.customerId,
+    user_id: r.userId,
+    team_id: r.teamId,
+    org_id: r.orgId,
+    api_key_hash: r.apiKeyHash,
+    model: r.model,
+    provider: r.provider,
+    call_type: r.callType,
+    status: r.status,
+    tokens_input: r.tokensInput,
+    tokens_output: r.tokensOutput,
+    tokens_cached: r.tokensCached,
+    tokens_cache_write: r.tokensCacheWrite,
+    tokens_reasoning: r.tokensReasoning,
+    total_tokens: r.totalTokens,
+    cost_usd: r.costUsd,
+    cost_source: r.costSource,
+    billable: r.billable,
+    not_billable_reason: r.notBillableReason,
+    source: r.source,
+    fingerprint: fp,
+    metadata: r.metadata,
+  };
+}
+
+function toEventRow(r: UsageRecord, e: OutgoingEvent) {
+  return {
+    request_id: r.requestId,
+    transaction_id: e.transactionId,
+    customer_id: r.customerId,
+    code: e.code,
+    event_timestamp: e.timestamp,
+    properties: e.properties,
+    precise_total_amount_cents: e.preciseTotalAmountCents,
+    external_subscription_id: e.externalSubscriptionId,
+  };
+}

@@ -1,0 +1,189 @@
+/**
+ * Typed settings read from the environment. Names match the README's table; every error says which
+ * variable to set and how.
+ */
+export type BillingMode = "tokens" | "cost";
+export type SubscriptionMapping = "same" | "template" | "lookup";
+export type AttributionSource = "end_user" | "user_id" | "team_id" | "org_id" | "key_alias";
+
+export interface Settings {
+  host: string;
+  port: number;
+  databaseUrl: string;
+  production: boolean;
+  webhookSecret: string | undefined;
+  logLevel: string;
+  lago: {
+    url: string | undefined;
+    apiKey: string | undefined;
+    billingMode: BillingMode;
+    metricCode: string;
+    costMetricCode: string;
+    costMarkupPercent: number;
+    subscriptionMapping: SubscriptionMapping;
+    subscriptionTemplate: string;
+    subscriptionCacheTtlSeconds: number;
+    batchSize: number;
+    concurrency: number;
+    rateLimitRps: number;
+    requestTimeoutMs: number;
+    maxAttempts: number;
+    retryBaseMs: number;
+    retryMaxMs: number;
+    maxEventAgeHours: number;
+  };
+  redisUrl: string | undefined;
+  workerEnabled: boolean;
+  ingest: {
+    maxBatch: number;
+    bodyLimitBytes: number;
+    maxAgeDays: number;
+    maxFutureSeconds: number;
+    attribution: AttributionSource[];
+    billCacheHits: boolean;
+  };
+  litellmConfigPath: string;
+  webhookLogRetentionDays: number;
+  reconcile: {
+    intervalSeconds: number;
+    safetyLagSeconds: number;
+    databaseUrl: string;
+  };
+}
+
+export class SettingsError extends Error {
+  override name = "SettingsError";
+}
+
+type Env = Record<string, string | undefined>;
+
+function str(env: Env, name: string, fallback: string): string {
+  const v = env[name];
+  return v === undefined || v === "" ? fallback : v;
+}
+
+function optional(env: Env, name: string): string | undefined {
+  const v = env[name];
+  return v === undefined || v === "" ? undefined : v;
+}
+
+function num(env: Env, name: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const v = Number(raw);
+  if (!Number.isFinite(v) || v < min || v > max) {
+    throw new SettingsError(
+      `${name}=${JSON.stringify(raw)} is not valid: set it to a number from ${min} to ${max}`,
+    );
+  }
+  return v;
+}
+
+function int(env: Env, name: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  const v = num(env, name, fallback, min, max);
+  if (!Number.isInteger(v)) throw new SettingsError(`${name}=${env[name]} must be a whole number`);
+  return v;
+}
+
+function bool(env: Env, name: string, fallback: boolean): boolean {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  if (/^(1|true|yes|on)$/i.test(raw)) return true;
+  if (/^(0|false|no|off)$/i.test(raw)) return false;
+  throw new SettingsError(`${name}=${JSON.stringify(raw)} is not valid: set it to true or false`);
+}
+
+function oneOf<T extends string>(env: Env, name: string, fallback: T, allowed: readonly T[]): T {
+  const raw = str(env, name, fallback);
+  if (!(allowed as readonly string[]).includes(raw)) {
+    throw new SettingsError(`${name}=${JSON.stringify(raw)} is not valid: use one of ${allowed.join(", ")}`);
+  }
+  return raw as T;
+}
+
+const ATTRIBUTION: readonly AttributionSource[] = ["end_user", "user_id", "team_id", "org_id", "key_alias"];
+
+/** Reads and checks every setting; throws SettingsError naming the variable to fix. */
+export function loadSettings(env: Env = process.env): Settings {
+  const production = str(env, "NODE_ENV", "development") === "production";
+  const webhookSecret = optional(env, "WEBHOOK_SECRET");
+  if (production && !webhookSecret) {
+    throw new SettingsError(
+      "WEBHOOK_SECRET is not set and NODE_ENV=production: set WEBHOOK_SECRET to a long random string " +
+        "(e.g. `openssl rand -hex 32`) and give the same value to the LiteLLM callback",
+    );
+  }
+  if (webhookSecret !== undefined && webhookSecret.length < 16 && production) {
+    throw new SettingsError("WEBHOOK_SECRET is shorter than 16 characters: use a long random string");
+  }
+  const attribution = str(env, "CUSTOMER_ATTRIBUTION", "end_user,user_id,team_id")
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
+  for (const a of attribution) {
+    if (!(ATTRIBUTION as readonly string[]).includes(a)) {
+      throw new SettingsError(
+        `CUSTOMER_ATTRIBUTION contains ${JSON.stringify(a)}: use ${ATTRIBUTION.join(", ")}`,
+      );
+    }
+  }
+  const lagoUrl = optional(env, "LAGO_WEBHOOK_URL");
+  if (lagoUrl !== undefined && !/^https?:\/\/[^/]/.test(lagoUrl)) {
+    throw new SettingsError(
+      `LAGO_WEBHOOK_URL=${lagoUrl} is not an http(s) URL: set it to e.g. https://api.getlago.com`,
+    );
+  }
+  const template = str(env, "LAGO_SUBSCRIPTION_TEMPLATE", "{customer_id}");
+  if (!template.includes("{customer_id}")) {
+    throw new SettingsError("LAGO_SUBSCRIPTION_TEMPLATE must contain {customer_id}, e.g. sub_{customer_id}");
+  }
+  const databaseUrl = str(env, "DATABASE_URL", "postgres://postgres@127.0.0.1:5432/litellm");
+  return {
+    host: str(env, "HOST", "0.0.0.0"),
+    port: int(env, "PORT", 3001, 0, 65535),
+    databaseUrl,
+    production,
+    webhookSecret,
+    logLevel: str(env, "LOG_LEVEL", "info"),
+    lago: {
+      url: lagoUrl?.replace(/\/+$/, "").replace(/\/api\/v1$/, ""),
+      apiKey: optional(env, "LAGO_API_KEY"),
+      billingMode: oneOf(env, "LAGO_BILLING_MODE", "tokens", ["tokens", "cost"] as const),
+      metricCode: str(env, "LAGO_METRIC_CODE", "llm_tokens"),
+      costMetricCode: str(env, "LAGO_COST_METRIC_CODE", "llm_cost"),
+      costMarkupPercent: num(env, "LAGO_COST_MARKUP_PERCENT", 0, 0, 10_000),
+      subscriptionMapping: oneOf(env, "LAGO_SUBSCRIPTION_MAPPING", "same", [
+        "same",
+        "template",
+        "lookup",
+      ] as const),
+      subscriptionTemplate: template,
+      subscriptionCacheTtlSeconds: int(env, "LAGO_SUBSCRIPTION_CACHE_TTL_SECONDS", 300, 0),
+      batchSize: int(env, "LAGO_BATCH_SIZE", 100, 1, 100),
+      concurrency: int(env, "LAGO_WORKER_CONCURRENCY", 16, 1, 256),
+      rateLimitRps: num(env, "LAGO_RATE_LIMIT_RPS", 0, 0),
+      requestTimeoutMs: int(env, "LAGO_REQUEST_TIMEOUT_MS", 10_000, 100),
+      maxAttempts: int(env, "LAGO_MAX_ATTEMPTS", 15, 1),
+      retryBaseMs: int(env, "LAGO_RETRY_BASE_MS", 1000, 1),
+      retryMaxMs: int(env, "LAGO_RETRY_MAX_MS", 300_000, 1),
+      maxEventAgeHours: num(env, "LAGO_MAX_EVENT_AGE_HOURS", 72, 0),
+    },
+    redisUrl: optional(env, "REDIS_URL"),
+    workerEnabled: bool(env, "WORKER_ENABLED", true),
+    ingest: {
+      maxBatch: int(env, "INGEST_MAX_BATCH", 1000, 1, 100_000),
+      bodyLimitBytes: int(env, "INGEST_BODY_LIMIT_BYTES", 10 * 1024 * 1024, 1024),
+      maxAgeDays: num(env, "INGEST_MAX_AGE_DAYS", 35, 0),
+      maxFutureSeconds: num(env, "INGEST_MAX_FUTURE_SECONDS", 300, 0),
+      attribution: attribution as AttributionSource[],
+      billCacheHits: bool(env, "BILL_CACHE_HITS", false),
+    },
+    litellmConfigPath: str(env, "LITELLM_CONFIG_PATH", "./config.yaml"),
+    webhookLogRetentionDays: num(env, "WEBHOOK_LOG_RETENTION_DAYS", 30, 0),
+    reconcile: {
+      intervalSeconds: num(env, "RECONCILE_INTERVAL_SECONDS", 300, 0),
+      safetyLagSeconds: num(env, "RECONCILE_SAFETY_LAG_SECONDS", 120, 0),
+      databaseUrl: str(env, "LITELLM_DATABASE_URL", databaseUrl),
+    },
+  };
+}
