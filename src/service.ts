@@ -33,7 +33,10 @@ export interface Service {
 export function createService(settings: Settings, log: Logger, opts: { worker: boolean }): Service {
   const sql = openPool(settings.databaseUrl, { max: 20 });
   const metrics = createMetrics();
-  const sink = new Sink({ backoffCapMs: Math.min(5000, settings.lago.retryMaxMs) });
+  const sink = new Sink({
+    backoffCapMs: Math.min(5000, settings.lago.retryMaxMs),
+    authPauseMs: Math.min(30_000, settings.lago.retryMaxMs),
+  });
   const redis = settings.redisUrl
     ? new Redis(settings.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1, enableOfflineQueue: false })
     : null;

@@ -16,5 +16,5 @@ SET lease_token = $2::uuid,
 FROM due
 WHERE e.id = due.id
 RETURNING e.id, e.transaction_id, e.customer_id, e.code, e.event_timestamp::float8 AS event_timestamp,
-          e.properties, e.precise_total_amount_cents::text AS precise_total_amount_cents,
+          e.properties, trim_scale(e.precise_total_amount_cents)::text AS precise_total_amount_cents,
           e.external_subscription_id, e.attempts, e.created_at

@@ -28,10 +28,12 @@ export class Sink {
   #epoch = 0;
   readonly #now: () => number;
   readonly #backoffCapMs: number;
+  readonly #authPauseMs: number;
 
-  constructor(opts: { now?: () => number; backoffCapMs?: number } = {}) {
+  constructor(opts: { now?: () => number; backoffCapMs?: number; authPauseMs?: number } = {}) {
     this.#now = opts.now ?? Date.now;
     this.#backoffCapMs = opts.backoffCapMs ?? 5000;
+    this.#authPauseMs = opts.authPauseMs ?? 30_000;
   }
 
   get epoch(): number {
@@ -86,7 +88,7 @@ export class Sink {
 
   authFailed(error: string, epoch: number): void {
     if (epoch !== this.#epoch) return;
-    this.#enter("auth_failing", this.#now() + 30_000, `${error} — check LAGO_API_KEY`);
+    this.#enter("auth_failing", this.#now() + this.#authPauseMs, `${error} — check LAGO_API_KEY`);
   }
 
   metricMissing(code: string): void {

@@ -52,7 +52,7 @@ export interface WorkerOptions {
 class RateLimiter {
   #tokens: number;
   #last = Date.now();
-  readonly #rate: number;
+  #rate: number;
   constructor(rate: number) {
     this.#rate = rate;
     this.#tokens = rate > 0 ? Math.max(1, rate / 10) : Number.POSITIVE_INFINITY;
@@ -75,6 +75,13 @@ class RateLimiter {
   }
   refund(n: number): void {
     if (this.#rate > 0) this.#tokens += n;
+  }
+  /** Lowers the rate (never raises it): Lago told us its limit. */
+  capAt(rate: number): boolean {
+    if (rate <= 0 || (this.#rate > 0 && this.#rate <= rate)) return false;
+    this.#rate = rate;
+    this.#tokens = Math.min(this.#tokens, 1);
+    return true;
   }
   msUntilToken(): number {
     this.#refill();
@@ -318,17 +325,7 @@ export class DeliveryWorker {
     try {
       prepared = await this.#prepare(claimed, lease);
     } catch (err) {
-      // Nothing was sent: give the attempt back and try again shortly.
-      const delay = err instanceof MetricMissing ? 60 : 5;
-      const error =
-        err instanceof LagoUnavailableError || err instanceof MetricMissing ? err.message : String(err);
-      if (err instanceof LagoUnavailableError) sink.failed(error, epoch);
-      this.#lastFailure = { at: new Date(), error };
-      await this.#settle(
-        lease,
-        claimed.map((e) => ({ id: e.id, state: "pending", delay_s: delay, error, uncount: 1 })),
-        null,
-      );
+      await this.#prepareFailed(claimed, lease, epoch, err);
       return;
     }
     if (prepared.parked.length > 0) {
@@ -350,6 +347,39 @@ export class DeliveryWorker {
         null,
       );
     }
+  }
+
+  /**
+   * Checking subscriptions or metrics failed, so nothing was sent. A missing metric or a refused key
+   * holds everything without using up attempts; Lago being unreachable counts as an attempt (so a
+   * long outage still ends in failed, reprocessable events after LAGO_MAX_ATTEMPTS or the age limit).
+   */
+  async #prepareFailed(claimed: ClaimedEvent[], lease: string, epoch: number, err: unknown): Promise<void> {
+    const { sink, retry } = this.#o;
+    const error = err instanceof Error ? err.message : String(err);
+    this.#lastFailure = { at: new Date(), error };
+    const status = err instanceof LagoUnavailableError ? err.status : null;
+    if (err instanceof MetricMissing || status === 401 || status === 403) {
+      if (status === 401 || status === 403) sink.authFailed(`${status} from Lago`, epoch);
+      const delay = err instanceof MetricMissing ? 60 : 30;
+      await this.#settle(
+        lease,
+        claimed.map((e) => ({ id: e.id, state: "pending", delay_s: delay, error, uncount: 1, status })),
+        null,
+      );
+      return;
+    }
+    sink.failed(error, epoch);
+    const now = Date.now();
+    await this.#settle(
+      lease,
+      claimed.map((e): Settlement => {
+        const gaveUp = giveUpReason(retry, e.attempts, new Date(e.created_at).getTime(), now);
+        if (gaveUp) return { id: e.id, state: "failed", error: `${gaveUp}: ${error}`, status };
+        return { id: e.id, state: "pending", delay_s: backoffMs(retry, e.attempts) / 1000, error, status };
+      }),
+      null,
+    );
   }
 
   /** Sends one batch and settles it; returns the events to resend immediately (after a 422). */
@@ -426,6 +456,10 @@ export class DeliveryWorker {
       case "rate_limited": {
         sink.rateLimited(outcome.resetSeconds, epoch);
         metrics?.rateLimited.inc();
+        // Lago says how many requests its window allows: stay under it from now on (a 10 % margin).
+        if (outcome.limit !== null && this.#limiter.capAt(Math.max(1, Math.floor(outcome.limit * 0.9)))) {
+          log.warn({ limit: outcome.limit }, "Lago rate limit reached; capping requests per second below it");
+        }
         await this.#settle(
           lease,
           events.map((e) => ({

@@ -38,14 +38,11 @@ export function installErrorHandler(app: FastifyInstance): void {
     }
     if (isDatabaseUnavailable(err)) {
       req.log.warn({ err: err.message }, "database unavailable: answering 503");
-      return reply
-        .code(503)
-        .header("retry-after", "5")
-        .send({
-          statusCode: 503,
-          error: "Service Unavailable",
-          message: "database unavailable; nothing was stored, retry later",
-        });
+      return reply.code(503).header("retry-after", "5").send({
+        statusCode: 503,
+        error: "Service Unavailable",
+        message: "database unavailable; nothing was stored, retry later",
+      });
     }
     const status = err.statusCode ?? 500;
     if (status < 500) {
@@ -54,12 +51,10 @@ export function installErrorHandler(app: FastifyInstance): void {
         .send({ statusCode: status, error: err.code ?? "Bad Request", message: err.message });
     }
     req.log.error({ err }, "unhandled error");
-    return reply
-      .code(500)
-      .send({
-        statusCode: 500,
-        error: "Internal Server Error",
-        message: "internal error (see the service log)",
-      });
+    return reply.code(500).send({
+      statusCode: 500,
+      error: "Internal Server Error",
+      message: "internal error (see the service log)",
+    });
   });
 }

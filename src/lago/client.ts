@@ -5,7 +5,8 @@ export type BatchOutcome =
   | { kind: "ok"; status: number }
   /** 422: index-keyed error_details; nothing was stored by Lago. */
   | { kind: "rejected"; status: number; details: Record<string, unknown> }
-  | { kind: "rate_limited"; status: number; resetSeconds: number }
+  /** limit: Lago's X-RateLimit-Limit (requests per window), when it said. */
+  | { kind: "rate_limited"; status: number; resetSeconds: number; limit: number | null }
   /** 401/403: the key is wrong or lacks the right; nothing will succeed until an operator fixes it. */
   | { kind: "auth"; status: number; error: string }
   /** 5xx, timeouts, connection errors: try again later. */
@@ -139,9 +140,17 @@ export function classify(res: LagoResponse): BatchOutcome {
     return { kind: "invalid", status, error: truncate(`422 without error_details: ${bodyText}`) };
   }
   if (status === 429) {
-    const raw = res.headers["x-ratelimit-reset"];
-    const reset = Number(Array.isArray(raw) ? raw[0] : raw);
-    return { kind: "rate_limited", status, resetSeconds: Number.isFinite(reset) && reset > 0 ? reset : 1 };
+    const header = (name: string) => {
+      const raw = res.headers[name];
+      const n = Number(Array.isArray(raw) ? raw[0] : raw);
+      return Number.isFinite(n) && n > 0 ? n : null;
+    };
+    return {
+      kind: "rate_limited",
+      status,
+      resetSeconds: header("x-ratelimit-reset") ?? 1,
+      limit: header("x-ratelimit-limit"),
+    };
   }
   if (status === 401 || status === 403) {
     return { kind: "auth", status, error: truncate(`${status} from Lago: ${bodyText}`) };

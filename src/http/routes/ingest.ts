@@ -63,10 +63,10 @@ export const ingestRoutes: FastifyPluginAsyncTypebox<{ service: Service }> = asy
       },
     },
     async (req, reply) => {
-      if (req.validationError) {
-        return reply.code(422).send(unprocessable(toFieldErrors(req.validationError.validation ?? [])));
-      }
-      const { events } = req.body;
+      const errors: FieldError[] = req.validationError
+        ? toFieldErrors(req.validationError.validation ?? [])
+        : [];
+      const events = Array.isArray((req.body as { events?: unknown } | null)?.events) ? req.body.events : [];
       if (events.length > settings.ingest.maxBatch) {
         return reply
           .code(422)
@@ -79,11 +79,15 @@ export const ingestRoutes: FastifyPluginAsyncTypebox<{ service: Service }> = asy
             ]),
           );
       }
-      const errors: FieldError[] = [];
-      events.forEach((e, index) => {
-        for (const err of semanticErrors(e, settings.ingest, `/events/${index}`))
-          errors.push({ index, ...err });
-      });
+      // Events that passed the schema also get the semantic checks, so one answer lists every problem.
+      const badIndexes = new Set(errors.map((e) => e.index));
+      if (!errors.some((e) => e.index === undefined)) {
+        events.forEach((e, index) => {
+          if (badIndexes.has(index)) return;
+          for (const err of semanticErrors(e, settings.ingest, `/events/${index}`))
+            errors.push({ index, ...err });
+        });
+      }
       if (errors.length > 0) return reply.code(422).send(unprocessable(errors));
       const outcomes = await ledger.write(events.map(fromUsageEvent));
       for (const o of outcomes) metrics.ingested.inc({ outcome: o, endpoint: "usage_batch" });

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs what it needs from the project's own files
+# (npm ci, the pinned LiteLLM virtualenv), makes sure PostgreSQL and Redis run, then checks types,
+# lint, the Python callback's tests and every TypeScript test layer.
+#   ./test.sh                 everything
+#   ./test.sh test/unit       only some vitest paths (no benchmark smoke run)
+set -euo pipefail
+cd "$(dirname "$0")"
+started=$(date +%s)
+step() { printf '\n==> %s (%ss)\n' "$1" "$(( $(date +%s) - started ))"; }
+
+step "node dependencies"
+lock_hash=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ "$(cat node_modules/.lock-hash 2>/dev/null || true)" != "$lock_hash" ]; then
+  npm ci --no-audit --no-fund
+  echo "$lock_hash" > node_modules/.lock-hash
+fi
+export PATH="$PWD/node_modules/.bin:$PATH"
+node --version
+npm run -s build
+
+step "services"
+eval "$(scripts/ensure-services.sh)"
+
+step "LiteLLM virtualenv"
+scripts/ensure-litellm.sh
+
+step "types and lint"
+tsc -p tsconfig.json --noEmit
+biome check .
+
+step "python callback tests"
+(cd proxy && ../.venv/litellm/bin/python -m unittest -q test_lago_billing)
+
+step "vitest"
+if [ "$#" -gt 0 ]; then
+  vitest run "$@"
+else
+  vitest run
+  step "benchmark smoke (correctness only, no timing asserts)"
+  VITEST_BENCH_SMOKE=1 vitest run test/bench
+fi
+step "done"
