@@ -68,8 +68,11 @@ export function createService(settings: Settings, log: Logger, opts: { worker: b
           log: log.child({ component: "delivery" }),
           metrics,
           batchSize: settings.lago.batchSize,
-          // Long enough for a few request timeouts, short enough that a crashed worker's claim returns soon.
-          leaseSeconds: Math.max(30, Math.ceil((settings.lago.requestTimeoutMs * 3) / 1000)),
+          // Must outlast a batch's requests (timeouts included); a crashed worker's claim returns after it.
+          leaseSeconds: Math.max(
+            settings.lago.leaseSeconds,
+            Math.ceil((settings.lago.requestTimeoutMs * 2) / 1000),
+          ),
           concurrency: settings.lago.concurrency,
           rateLimitRps: settings.lago.rateLimitRps,
           retry: {

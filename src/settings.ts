@@ -31,6 +31,7 @@ export interface Settings {
     retryBaseMs: number;
     retryMaxMs: number;
     maxEventAgeHours: number;
+    leaseSeconds: number;
   };
   redisUrl: string | undefined;
   workerEnabled: boolean;
@@ -167,6 +168,7 @@ export function loadSettings(env: Env = process.env): Settings {
       retryBaseMs: int(env, "LAGO_RETRY_BASE_MS", 1000, 1),
       retryMaxMs: int(env, "LAGO_RETRY_MAX_MS", 300_000, 1),
       maxEventAgeHours: num(env, "LAGO_MAX_EVENT_AGE_HOURS", 72, 0),
+      leaseSeconds: int(env, "LAGO_LEASE_SECONDS", 60, 2, 3600),
     },
     redisUrl: optional(env, "REDIS_URL"),
     workerEnabled: bool(env, "WORKER_ENABLED", true),

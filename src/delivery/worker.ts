@@ -211,11 +211,19 @@ export class DeliveryWorker {
           continue;
         }
         const lease = randomUUID();
-        const claimed = await this.#o.sql.unsafe<ClaimedEvent[]>(query("claim_due_events"), [
+        const probing = !sink.isOk;
+        let claimed = await this.#o.sql.unsafe<ClaimedEvent[]>(query("claim_due_events"), [
           slots * batchSize,
           lease,
           this.#o.leaseSeconds,
         ]);
+        if (claimed.length === 0 && probing) {
+          claimed = await this.#o.sql.unsafe<ClaimedEvent[]>(query("claim_soonest_events"), [
+            batchSize,
+            lease,
+            this.#o.leaseSeconds,
+          ]);
+        }
         const batches = Math.ceil(claimed.length / batchSize);
         this.#limiter.refund(slots - batches);
         if (claimed.length === 0) {

@@ -68,16 +68,14 @@ export const ingestRoutes: FastifyPluginAsyncTypebox<{ service: Service }> = asy
         : [];
       const events = Array.isArray((req.body as { events?: unknown } | null)?.events) ? req.body.events : [];
       if (events.length > settings.ingest.maxBatch) {
-        return reply
-          .code(422)
-          .send(
-            unprocessable([
-              {
-                path: "/events",
-                message: `at most ${settings.ingest.maxBatch} events per batch (INGEST_MAX_BATCH)`,
-              },
-            ]),
-          );
+        return reply.code(422).send(
+          unprocessable([
+            {
+              path: "/events",
+              message: `at most ${settings.ingest.maxBatch} events per batch (INGEST_MAX_BATCH)`,
+            },
+          ]),
+        );
       }
       // Events that passed the schema also get the semantic checks, so one answer lists every problem.
       const badIndexes = new Set(errors.map((e) => e.index));
