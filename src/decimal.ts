@@ -8,6 +8,7 @@ const ONE = 10n ** BigInt(SCALE);
 /** Parses a decimal string or a finite JS number (via its shortest round-trip text). */
 export function toUnits(value: string | number): bigint {
   let text = typeof value === "number" ? numberToText(value) : value.trim();
+  if (/e/i.test(text)) text = expandExponent(text);
   let sign = 1n;
   if (text.startsWith("-")) {
     sign = -1n;
@@ -22,8 +23,11 @@ export function toUnits(value: string | number): bigint {
 function numberToText(n: number): string {
   if (!Number.isFinite(n)) throw new Error(`not a finite number: ${n}`);
   const s = String(n);
-  if (!/e/i.test(s)) return s;
-  // Exponent form (e.g. 5e-7): expand exactly.
+  return /e/i.test(s) ? expandExponent(s) : s;
+}
+
+/** "1.5e-7" → "0.00000015", exactly (no float round trip). */
+function expandExponent(s: string): string {
   const [mant = "0", expText = "0"] = s.toLowerCase().split("e");
   const exp = Number(expText);
   const neg = mant.startsWith("-");
