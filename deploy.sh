@@ -448,10 +448,11 @@ Next steps:
        curl -X POST http://localhost:$lb_port/key/generate \\
          -H "Authorization: Bearer \$LITELLM_MASTER_KEY" -H "Content-Type: application/json" \\
          -d '{"models": ["gpt-4o"], "max_budget": 100, "user_id": "customer-123"}'
-  2. Lago: set LAGO_WEBHOOK_URL and LAGO_API_KEY in .env (run ./deploy.sh again), create the
-     billable metrics and plans (webhook-service CLI: lago setup), then check the connection:
-       ${COMPOSE[*]} exec webhook-service node dist/cli.js lago setup --help
+  2. Lago: set LAGO_WEBHOOK_URL (API base URL) and LAGO_API_KEY in .env and run ./deploy.sh
+     again; create the billable metric and plans in Lago; then check the connection:
        curl -H "Authorization: Bearer \$WEBHOOK_SECRET" http://localhost:$webhook_port/webhooks/validate
+     Service CLI (migrate, reprocess, stats, ...):
+       ${COMPOSE[*]} exec webhook-service node dist/cli.js --help
   3. Back up the database regularly: scripts/backup.sh   (and keep a copy of .env: the salt key!)
 
 Logs: ${COMPOSE[*]} logs -f litellm webhook-service     Status: ${COMPOSE[*]} ps

@@ -222,6 +222,7 @@ class LagoBillingTest(unittest.IsolatedAsyncioTestCase):
             await self.wait_until(lambda: svc.ids() == expected_ids(10), msg="replayed")
             await self.send(cb, range(10, 12))
             await self.wait_until(lambda: svc.ids() == expected_ids(12), msg="new records")
+            await self.wait_until(lambda: any("reachable again" in m for m in logs.output), msg="recovery log")
         self.assertFalse(os.path.exists(self.spool))
         self.assertFalse(os.path.exists(self.spool + ".replaying"))
         self.assertEqual(sum(r.levelno >= logging.WARNING for r in logs.records), 1, logs.output)

