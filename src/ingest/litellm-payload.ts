@@ -87,6 +87,11 @@ export interface PayloadContext {
   settings: Settings["ingest"];
   prices: PriceBook;
   source: UsageSource;
+  /**
+   * Skip the INGEST_MAX_AGE_DAYS window. That window guards live traffic against clock and unit
+   * mistakes; a backfill replays history on purpose, from LiteLLM's own SpendLogs timestamps.
+   */
+  ignoreMaxAge?: boolean;
 }
 
 /** Maps one StandardLoggingPayload to a ledger record, or says why it cannot be billed at all. */
@@ -106,7 +111,10 @@ export function fromLiteLLMPayload(p: StandardLoggingPayload, ctx: PayloadContex
     );
   }
   const start = typeof p.startTime === "number" ? p.startTime : Number(p.startTime);
-  const tsError = checkTimestamp(start, ctx.settings);
+  const tsError = checkTimestamp(
+    start,
+    ctx.ignoreMaxAge ? { ...ctx.settings, maxAgeDays: Number.POSITIVE_INFINITY } : ctx.settings,
+  );
   if (tsError) return fail(`startTime ${tsError}`);
   const input = count(p.prompt_tokens);
   const output = count(p.completion_tokens);
