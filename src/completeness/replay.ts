@@ -179,3 +179,31 @@ export async function replayPage(
     }
   });
 }
+
+/**
+ * Runs page jobs with at most `depth` in flight, so the ledger commits one page while the next is
+ * read, mapped and checked. Pages hold disjoint request ids, so their order does not matter. Waits
+ * for every started job before returning or throwing.
+ */
+export async function pipelined<T>(
+  pages: AsyncIterable<T>,
+  job: (page: T) => Promise<void>,
+  depth = 2,
+): Promise<void> {
+  const inflight: Promise<void>[] = [];
+  let failure: { err: unknown } | null = null;
+  const track = (p: Promise<void>) =>
+    p.catch((err: unknown) => {
+      failure ??= { err };
+    });
+  try {
+    for await (const page of pages) {
+      if (failure) break;
+      inflight.push(track(job(page)));
+      if (inflight.length >= depth) await inflight.shift();
+    }
+  } finally {
+    await Promise.all(inflight);
+  }
+  if (failure) throw (failure as { err: unknown }).err;
+}

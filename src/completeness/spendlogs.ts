@@ -63,7 +63,8 @@ const REQUIRED_COLUMNS = [
 
 export type Availability = { available: true; database: string } | { available: false; message: string };
 
-const blank = (v: string | null | undefined): string | null => (v === null || v === undefined || v === "" ? null : v);
+const blank = (v: string | null | undefined): string | null =>
+  v === null || v === undefined || v === "" ? null : v;
 
 /**
  * A SpendLogs row as the StandardLoggingPayload the callback would have sent for the same call, so
@@ -125,7 +126,9 @@ export class SpendLogsReader {
   constructor(service: Pick<Service, "settings" | "sql">) {
     const url = service.settings.reconcile.databaseUrl;
     this.#own = url !== service.settings.databaseUrl;
-    this.sql = this.#own ? openPool(url, { max: 3, applicationName: "webhook-service-spendlogs" }) : service.sql;
+    this.sql = this.#own
+      ? openPool(url, { max: 3, applicationName: "webhook-service-spendlogs" })
+      : service.sql;
   }
 
   /** Whether SpendLogs can be read here; when not, a sentence an operator can act on. */
@@ -178,7 +181,8 @@ export class SpendLogsReader {
     while (next) {
       const rows: SpendLogRow[] = await next;
       const last = rows[rows.length - 1];
-      next = rows.length === size && last && !opts.signal?.aborted ? fetch(last.start_key, last.request_id) : null;
+      next =
+        rows.length === size && last && !opts.signal?.aborted ? fetch(last.start_key, last.request_id) : null;
       // A rejected prefetch must not surface as an unhandled rejection if the caller stops early.
       next?.catch(() => undefined);
       if (rows.length > 0) yield rows;

@@ -8,6 +8,9 @@ import type { Metrics } from "../metrics.ts";
 import { backoffMs, giveUpReason, type RetryPolicy } from "./retry-policy.ts";
 import type { Sink } from "./sink.ts";
 
+// Hot statements are prepared once per connection: no parse and plan per batch.
+const PREPARED = { prepare: true } as const;
+
 interface ClaimedEvent {
   id: string;
   transaction_id: string;
@@ -216,13 +219,13 @@ export class DeliveryWorker {
           slots * batchSize,
           lease,
           this.#o.leaseSeconds,
-        ]);
+        ], PREPARED);
         if (claimed.length === 0 && probing) {
           claimed = await this.#o.sql.unsafe<ClaimedEvent[]>(query("claim_soonest_events"), [
             batchSize,
             lease,
             this.#o.leaseSeconds,
-          ]);
+          ], PREPARED);
         }
         const batches = Math.ceil(claimed.length / batchSize);
         this.#limiter.refund(slots - batches);
@@ -267,7 +270,7 @@ export class DeliveryWorker {
       attempt?.ms ?? null,
       attempt?.error ?? null,
       this.#o.workerId,
-    ] as never);
+    ] as never, PREPARED);
     const m = this.#o.metrics;
     if (m) {
       for (const r of rows) {

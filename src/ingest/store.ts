@@ -4,6 +4,9 @@ import { query } from "../db/queries.ts";
 import type { OutgoingEvent } from "../lago/mapping.ts";
 import { fingerprint, type UsageRecord } from "./record.ts";
 
+// Hot statements are prepared once per connection: no parse and plan per request.
+const PREPARED = { prepare: true } as const;
+
 export type Outcome = "accepted" | "duplicate" | "conflict";
 
 export interface Rejection {
@@ -105,7 +108,7 @@ export class Ledger {
         const res = await tx.unsafe<{ request_id: string; outgoing: number }[]>(query("insert_usage"), [
           JSON.stringify(rows),
           JSON.stringify(events),
-        ]);
+        ], PREPARED);
         for (const r of res) {
           inserted.add(r.request_id);
           outgoing = r.outgoing;
@@ -117,6 +120,7 @@ export class Ledger {
         const found = await tx.unsafe<{ request_id: string; fingerprint: string }[]>(
           query("existing_fingerprints"),
           [missing],
+          PREPARED,
         );
         for (const f of found) existing.set(f.request_id, f.fingerprint);
       }

@@ -1,0 +1,173 @@
+/**
+ * Delivery benchmark (issue 7, item 2): events/s from the outbox to the Lago double answering after
+ * 20 ms, with default settings, with more batches in flight, and against a 500 requests/s limit
+ * enforced by the double (with the client-side cap just under it). Exactly-once is checked each time.
+ *
+ *   node bench/delivery.ts [--calls 50000] [--smoke]
+ */
+import { readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import postgres from "postgres";
+import {
+  cpuSeconds,
+  createDatabase,
+  fmt,
+  machineBusySeconds,
+  machineInfo,
+  postgresCpuSeconds,
+  startLagoDouble,
+  startService,
+  table,
+  waitFor,
+} from "./harness.ts";
+import { saveResult } from "./results.ts";
+
+const { values } = parseArgs({
+  options: { calls: { type: "string", default: "50000" }, smoke: { type: "boolean", default: false } },
+});
+const calls = values.smoke ? 2000 : Number(values.calls);
+const customers = Array.from({ length: 100 }, (_, i) => `customer-${i}`);
+
+interface Case {
+  name: string;
+  env: Record<string, string>;
+  rateLimit?: number;
+}
+
+const cases: Case[] = [
+  { name: "before: 4 in flight (the first default)", env: { LAGO_WORKER_CONCURRENCY: "4" } },
+  { name: "default: 16 in flight", env: {} },
+  { name: "best: 32 in flight", env: { LAGO_WORKER_CONCURRENCY: "32" } },
+  {
+    name: "Lago limit 500 req/s, cap 480",
+    env: { LAGO_WORKER_CONCURRENCY: "32", LAGO_RATE_LIMIT_RPS: "480" },
+    rateLimit: 500,
+  },
+];
+
+async function runCase(c: Case) {
+  const db = await createDatabase("bench_delivery");
+  const lago = await startLagoDouble({ latencyMs: 20, ...(c.rateLimit ? { rateLimit: c.rateLimit } : {}) });
+  const sql = postgres(db.url, { max: 2, onnotice: () => {} });
+  const migrate = startService(["migrate"], { DATABASE_URL: db.url });
+  await new Promise((r) => migrate.child.on("exit", r));
+  try {
+    await lago.setup(customers);
+    await sql.unsafe(readFileSync("bench/sql/seed-pending.sql", "utf8"), [
+      calls,
+      `run${Date.now().toString(36)}`,
+    ]);
+    await sql`VACUUM ANALYZE lago_events`;
+    const events = calls * 2;
+    const cpu0 = { p: postgresCpuSeconds(), m: machineBusySeconds() };
+    const started = performance.now();
+    const worker = startService(["worker"], {
+      DATABASE_URL: db.url,
+      LAGO_WEBHOOK_URL: lago.url,
+      LAGO_API_KEY: "lago-key",
+      ...c.env,
+    });
+    const lagoPid = lago.proc.child.pid as number;
+    const lagoCpu0 = cpuSeconds(lagoPid);
+    await waitFor(
+      async () => (await sql`SELECT count(*)::int AS n FROM lago_events WHERE state = 'pending'`)[0]?.n === 0,
+      "all delivered",
+      600_000,
+    );
+    const wall = (performance.now() - started) / 1000;
+    // Delivery time: from the first request to Lago to the last settle (the worker's start-up excluded).
+    const [w] = await sql`SELECT extract(epoch FROM (SELECT max(settled_at) FROM lago_events)
+      - (SELECT min(sent_at - make_interval(secs => duration_ms / 1000.0)) FROM webhook_logs))::float8 AS s`;
+    const elapsed = w?.s ?? wall;
+    const workerCpu = cpuSeconds(worker.child.pid as number);
+    const cpu = {
+      worker: workerCpu,
+      postgres: postgresCpuSeconds() - cpu0.p,
+      lago: cpuSeconds(lagoPid) - lagoCpu0,
+      machine: machineBusySeconds() - cpu0.m,
+    };
+    await worker.stop();
+    const stats = await lago.stats();
+    const [states] = await sql`SELECT count(*) FILTER (WHERE state = 'delivered')::int AS delivered,
+      count(*) FILTER (WHERE state <> 'delivered')::int AS other FROM lago_events`;
+    const [att] =
+      await sql`SELECT count(*)::int AS requests, avg(duration_ms)::float8 AS ms FROM webhook_logs`;
+    const ok =
+      stats.eventCount === events &&
+      stats.acceptedTwice === 0 &&
+      states?.delivered === events &&
+      states?.other === 0;
+    return {
+      name: c.name,
+      events,
+      elapsed,
+      stats,
+      ok,
+      requests: att?.requests ?? 0,
+      requestMs: att?.ms ?? 0,
+      cpu,
+    };
+  } finally {
+    await sql.end();
+    await lago.proc.stop();
+    await db.drop();
+  }
+}
+
+async function main() {
+  const rows: (string | number)[][] = [
+    [
+      "case",
+      "events/s",
+      "time s",
+      "requests",
+      "req/s",
+      "avg req ms",
+      "429s",
+      "stored once",
+      "CPU s: worker",
+      "postgres",
+      "Lago double",
+      "machine busy",
+    ],
+  ];
+  const results = [];
+  for (const c of cases) {
+    const r = await runCase(c);
+    results.push(r);
+    rows.push([
+      r.name,
+      fmt(r.events / r.elapsed),
+      fmt(r.elapsed, 1),
+      r.requests,
+      fmt(r.requests / r.elapsed),
+      fmt(r.requestMs, 1),
+      r.stats.count429 ?? 0,
+      r.ok ? "yes" : "NO",
+      fmt(r.cpu.worker, 1),
+      fmt(r.cpu.postgres, 1),
+      fmt(r.cpu.lago, 1),
+      `${fmt((r.cpu.machine / (r.elapsed * 2)) * 100)} %`,
+    ]);
+    process.stderr.write(`${r.name}: ${fmt(r.events / r.elapsed)} events/s\n`);
+  }
+  const best = Math.max(...results.map((r) => r.events / r.elapsed));
+  const limited = results[3];
+  const report = [
+    "Delivery benchmark",
+    await machineInfo(),
+    `${calls.toLocaleString("en-US")} calls = ${(calls * 2).toLocaleString("en-US")} pending events per case; the Lago double answers after 20 ms; worker, double and PostgreSQL are separate processes.`,
+    "",
+    table(rows),
+    "",
+    `target >= 20,000 events/s: best ${fmt(best)} -> ${best >= 20_000 ? "met" : "missed"}`,
+    limited
+      ? `with Lago's 500 req/s: ${fmt(limited.events / limited.elapsed)} events/s, ${limited.stats.count429 ?? 0} answers 429 (theory: 500 × 100 = 50,000 events/s)`
+      : "",
+  ].join("\n");
+  process.stdout.write(`${report}\n`);
+  if (!values.smoke) saveResult("delivery", report);
+  if (results.some((r) => !r.ok)) throw new Error("exactly-once check failed");
+}
+
+await main();
