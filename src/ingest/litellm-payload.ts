@@ -45,6 +45,16 @@ function obj(v: unknown): Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : {};
 }
 
+/**
+ * LiteLLM reports the master key's calls (and keys without a user) as user "default_user_id": a
+ * placeholder, never a customer, so it must not be billed as one.
+ */
+const LITELLM_PLACEHOLDER_USER = "default_user_id";
+const keyUser = (v: unknown): string | null => {
+  const user = text(v);
+  return user === LITELLM_PLACEHOLDER_USER ? null : user;
+};
+
 /** Who pays for the call, by the configured attribution order. */
 export function resolveCustomer(p: StandardLoggingPayload, order: AttributionSource[]): string | null {
   const meta = obj(p.metadata);
@@ -53,7 +63,7 @@ export function resolveCustomer(p: StandardLoggingPayload, order: AttributionSou
       source === "end_user"
         ? (text(p.end_user) ?? text(meta.user_api_key_end_user_id))
         : source === "user_id"
-          ? text(meta.user_api_key_user_id)
+          ? keyUser(meta.user_api_key_user_id)
           : source === "team_id"
             ? text(meta.user_api_key_team_id)
             : source === "org_id"
@@ -158,7 +168,7 @@ export function fromLiteLLMPayload(p: StandardLoggingPayload, ctx: PayloadContex
       requestId,
       timestamp: Math.round(start * 1000) / 1000,
       customerId,
-      userId: text(meta.user_api_key_user_id),
+      userId: keyUser(meta.user_api_key_user_id),
       teamId: text(meta.user_api_key_team_id),
       orgId: text(meta.user_api_key_org_id),
       apiKeyHash: text(meta.user_api_key_hash, 128),

@@ -85,6 +85,16 @@ describe("POST /webhooks/litellm", () => {
     expect((await row(teamOnly.id as string))?.customer_id).toBe("team-456");
   });
 
+  it("never bills LiteLLM's placeholder user of the master key", async () => {
+    const p = litellmPayload(
+      { end_user: null },
+      { user_api_key_user_id: "default_user_id", user_api_key_team_id: null, user_api_key_hash: "litellm_proxy_master_key" },
+    );
+    const res = await send([p]);
+    expect(res.json()).toMatchObject({ accepted: 0, rejected: 1 });
+    expect(await row(p.id as string)).toBeUndefined();
+  });
+
   it("keeps payloads without a customer as rejections with the reason", async () => {
     const p = litellmPayload({ end_user: null }, { user_api_key_user_id: null, user_api_key_team_id: null });
     const res = await send([p, litellmPayload()]);

@@ -206,19 +206,19 @@ export async function bulkInsertSpendLogs(
        request_id, call_type, api_key, spend, total_tokens, prompt_tokens, completion_tokens,
        "startTime", "endTime", "completionStartTime", model, model_id, model_group, custom_llm_provider,
        api_base, "user", metadata, cache_hit, cache_key, team_id, organization_id, end_user, status)
-     SELECT $1 || '-' || n, 'acompletion', $2, 0.00125, 150, 100, 50,
+     SELECT $1::text || '-' || n, 'acompletion', $2::text, 0.00125, 150, 100, 50,
        ($3::timestamptz AT TIME ZONE 'UTC') + make_interval(secs => n * $4::float8 / $5::float8),
        ($3::timestamptz AT TIME ZONE 'UTC') + make_interval(secs => n * $4::float8 / $5::float8 + 0.4),
        ($3::timestamptz AT TIME ZONE 'UTC') + make_interval(secs => n * $4::float8 / $5::float8 + 0.4),
        'gpt-4o', 'abc', 'gpt-4o', 'openai', 'https://api.openai.com/v1', 'user-789',
        jsonb_build_object(
-         'user_api_key', $2, 'user_api_key_user_id', 'user-789', 'user_api_key_team_id', 'team-456',
+         'user_api_key', $2::text, 'user_api_key_user_id', 'user-789', 'user_api_key_team_id', 'team-456',
          'user_api_key_org_id', null, 'user_api_key_alias', null, 'status', 'success',
          'usage_object', jsonb_build_object(
            'prompt_tokens', 100, 'completion_tokens', 50, 'total_tokens', 150,
            'prompt_tokens_details', jsonb_build_object('cached_tokens', 0),
            'completion_tokens_details', jsonb_build_object('reasoning_tokens', 0))),
-       'False', 'Cache OFF', 'team-456', '', $6 || (n % $7::int), 'success'
+       'False', 'Cache OFF', 'team-456', '', $6::text || (n % $7::int), 'success'
      FROM generate_series(0, $5::int - 1) AS n`,
     [
       opts.prefix,
@@ -230,4 +230,6 @@ export async function bulkInsertSpendLogs(
       opts.customers,
     ],
   );
+  // As autovacuum would soon: without statistics the planner sorts the whole table for every page.
+  await sql`ANALYZE "LiteLLM_SpendLogs"`;
 }
