@@ -25,6 +25,9 @@ eval "$(scripts/ensure-services.sh)"
 step "LiteLLM virtualenv"
 scripts/ensure-litellm.sh
 
+step "static checkers (docker-compose, shellcheck)"
+scripts/ensure-tools.sh
+
 step "types and lint"
 tsc -p tsconfig.json --noEmit
 biome check .

@@ -10,9 +10,11 @@ pg_answers() { pg_isready -q -d "$1" -t 3 >/dev/null 2>&1 || psql "$1" -qAtc 'se
 
 pg_url="${TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 if ! pg_answers "$pg_url"; then
-  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ] && [ -n "$(ls /etc/postgresql 2>/dev/null)" ]; then
-    echo "ensure-services: starting the local PostgreSQL cluster" >&2
-    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start >&2 || true
+  version=""
+  for dir in /etc/postgresql/*/main; do [ -d "$dir" ] && version="$(basename "$(dirname "$dir")")"; done
+  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -n "$version" ]; then
+    echo "ensure-services: starting the local PostgreSQL cluster $version" >&2
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2 || true
     for _ in $(seq 1 30); do pg_answers "$pg_url" && break; sleep 0.5; done
   fi
 fi
