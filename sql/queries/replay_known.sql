@@ -9,8 +9,8 @@ UNION ALL
 SELECT 'call', metadata ->> 'litellm_call_id', fingerprint, customer_id
 FROM usage_events WHERE metadata ? 'cache_hit' AND metadata ->> 'litellm_call_id' = ANY($2::text[])
 UNION ALL
-SELECT DISTINCT 'conflict', request_id, incoming_fingerprint, NULL
+SELECT DISTINCT 'conflict', request_id, incoming_fingerprint, NULL::text
 FROM usage_conflicts WHERE request_id = ANY($1::text[])
 UNION ALL
-SELECT DISTINCT 'rejection', request_id, NULL, NULL
+SELECT DISTINCT 'rejection', request_id, NULL::text, NULL::text
 FROM ingest_rejections WHERE request_id = ANY($3::text[])
