@@ -95,7 +95,9 @@ program
     if (!settings.webhookSecret)
       log.warn("WEBHOOK_SECRET is not set: /webhooks/* is open (refused when NODE_ENV=production)");
     if (!settings.lago.url || !settings.lago.apiKey) {
-      log.warn("LAGO_WEBHOOK_URL or LAGO_API_KEY is not set: usage is recorded but not delivered to Lago");
+      log.warn(
+        "LAGO_API_URL (or LAGO_WEBHOOK_URL) or LAGO_API_KEY is not set: usage is recorded but not delivered to Lago",
+      );
     }
     await migrateOrExit(settings, log);
     const service = createService(settings, log, { worker: settings.workerEnabled });
@@ -116,7 +118,7 @@ program
     const settings = settingsOrExit();
     const log = createLogger(settings.logLevel);
     if (!settings.lago.url || !settings.lago.apiKey) {
-      log.error("LAGO_WEBHOOK_URL and LAGO_API_KEY must be set for the worker");
+      log.error("LAGO_API_URL (or LAGO_WEBHOOK_URL) and LAGO_API_KEY must be set for the worker");
       process.exit(2);
     }
     await migrateOrExit(settings, log);

@@ -128,10 +128,13 @@ export function loadSettings(env: Env = process.env): Settings {
       );
     }
   }
-  const lagoUrl = optional(env, "LAGO_WEBHOOK_URL");
+  // LAGO_API_URL is the name; LAGO_WEBHOOK_URL (the specification's) is accepted as an alias.
+  const apiUrl = optional(env, "LAGO_API_URL");
+  const lagoVar = apiUrl !== undefined ? "LAGO_API_URL" : "LAGO_WEBHOOK_URL";
+  const lagoUrl = apiUrl ?? optional(env, "LAGO_WEBHOOK_URL");
   if (lagoUrl !== undefined && !/^https?:\/\/[^/]/.test(lagoUrl)) {
     throw new SettingsError(
-      `LAGO_WEBHOOK_URL=${lagoUrl} is not an http(s) URL: set it to e.g. https://api.getlago.com`,
+      `${lagoVar}=${lagoUrl} is not an http(s) URL: set it to e.g. https://api.getlago.com`,
     );
   }
   const template = str(env, "LAGO_SUBSCRIPTION_TEMPLATE", "{customer_id}");

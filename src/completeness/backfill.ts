@@ -107,6 +107,8 @@ export async function backfill(service: Service, opts: BackfillOptions): Promise
       const last = rows[rows.length - 1];
       progress(last ? new Date(last.start_epoch * 1000).toISOString() : opts.until.toISOString());
     });
+    // Pages commit two at a time: the last report comes once every page is in.
+    progress(opts.until.toISOString());
     if (!opts.dryRun && tally.eventsQueued > 0) await service.sql`SELECT pg_notify('lago_events', '')`;
     const warnings = [
       ...(opts.signal?.aborted ? ["stopped before the end of the range: run it again to finish"] : []),

@@ -101,7 +101,7 @@ export function registerCompletenessCommands(program: Command, deps: Completenes
       out.write(opts.json ? json(summary) : backfillText(summary));
     });
 
-  const report = program.command("report").description("reports");
+  const report = program.command("report").description("billing completeness reports");
   report
     .command("drift")
     .description(

@@ -19,7 +19,7 @@ export interface SpendLogRow {
   total_tokens: number | null;
   /** "startTime" as Unix seconds (millisecond precision). */
   start_epoch: number;
-  /** "startTime" as UTC wall-clock text: the keyset position, passed back exactly as read. */
+  /** "startTime" as UTC wall-clock text (microseconds): the keyset position, passed back exactly. */
   start_key: string;
   model: string | null;
   model_id: string | null;

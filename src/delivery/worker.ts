@@ -215,17 +215,17 @@ export class DeliveryWorker {
         }
         const lease = randomUUID();
         const probing = !sink.isOk;
-        let claimed = await this.#o.sql.unsafe<ClaimedEvent[]>(query("claim_due_events"), [
-          slots * batchSize,
-          lease,
-          this.#o.leaseSeconds,
-        ], PREPARED);
+        let claimed = await this.#o.sql.unsafe<ClaimedEvent[]>(
+          query("claim_due_events"),
+          [slots * batchSize, lease, this.#o.leaseSeconds],
+          PREPARED,
+        );
         if (claimed.length === 0 && probing) {
-          claimed = await this.#o.sql.unsafe<ClaimedEvent[]>(query("claim_soonest_events"), [
-            batchSize,
-            lease,
-            this.#o.leaseSeconds,
-          ], PREPARED);
+          claimed = await this.#o.sql.unsafe<ClaimedEvent[]>(
+            query("claim_soonest_events"),
+            [batchSize, lease, this.#o.leaseSeconds],
+            PREPARED,
+          );
         }
         const batches = Math.ceil(claimed.length / batchSize);
         this.#limiter.refund(slots - batches);
@@ -261,16 +261,20 @@ export class DeliveryWorker {
     } | null,
   ): Promise<void> {
     if (rows.length === 0 && attempt === null) return;
-    await this.#o.sql.unsafe(query("settle_events"), [
-      lease,
-      JSON.stringify(rows),
-      attempt?.success ?? null,
-      attempt?.status ?? null,
-      attempt?.count ?? null,
-      attempt?.ms ?? null,
-      attempt?.error ?? null,
-      this.#o.workerId,
-    ] as never, PREPARED);
+    await this.#o.sql.unsafe(
+      query("settle_events"),
+      [
+        lease,
+        JSON.stringify(rows),
+        attempt?.success ?? null,
+        attempt?.status ?? null,
+        attempt?.count ?? null,
+        attempt?.ms ?? null,
+        attempt?.error ?? null,
+        this.#o.workerId,
+      ] as never,
+      PREPARED,
+    );
     const m = this.#o.metrics;
     if (m) {
       for (const r of rows) {

@@ -105,10 +105,11 @@ export class Ledger {
       const inserted = new Set<string>();
       let outgoing = 0;
       if (rows.length > 0) {
-        const res = await tx.unsafe<{ request_id: string; outgoing: number }[]>(query("insert_usage"), [
-          JSON.stringify(rows),
-          JSON.stringify(events),
-        ], PREPARED);
+        const res = await tx.unsafe<{ request_id: string; outgoing: number }[]>(
+          query("insert_usage"),
+          [JSON.stringify(rows), JSON.stringify(events)],
+          PREPARED,
+        );
         for (const r of res) {
           inserted.add(r.request_id);
           outgoing = r.outgoing;

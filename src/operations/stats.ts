@@ -37,7 +37,7 @@ export async function collectStats(service: Service) {
       until: sink.until,
       error:
         service.lago === null
-          ? "LAGO_WEBHOOK_URL and LAGO_API_KEY are not set: events are stored, not delivered"
+          ? "LAGO_API_URL (or LAGO_WEBHOOK_URL) and LAGO_API_KEY are not set: events are stored, not delivered"
           : sink.error,
       since: sink.since,
     },

@@ -9,7 +9,7 @@ export async function validateLago(service: Service) {
       ok: false,
       lago_url: settings.lago.url ?? null,
       problems: [
-        "LAGO_WEBHOOK_URL and LAGO_API_KEY must both be set; until then usage is stored but not delivered",
+        "LAGO_API_URL (or LAGO_WEBHOOK_URL) and LAGO_API_KEY must both be set; until then usage is stored but not delivered",
       ],
     };
   }

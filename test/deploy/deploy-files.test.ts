@@ -101,7 +101,10 @@ function parseEnv(text: string): Map<string, string> {
 function documentedSettings(): string[] {
   const names: string[] = [];
   const readme = readText("README.md");
-  const table = readme.slice(readme.indexOf("<!-- settings:start -->"), readme.indexOf("<!-- settings:end -->"));
+  const table = readme.slice(
+    readme.indexOf("<!-- settings:start -->"),
+    readme.indexOf("<!-- settings:end -->"),
+  );
   for (const line of table.split("\n")) {
     const cell = /^\|\s*([^|]+?)\s*\|/.exec(line)?.[1] ?? "";
     for (const m of cell.matchAll(/`([A-Z][A-Z0-9_]*)`/g)) if (m[1]) names.push(m[1]);
@@ -319,14 +322,22 @@ describe("config.yaml", () => {
     return m;
   };
 
-  it("has the five models with providers, env-resolved keys and per-token prices", () => {
+  it("has the five chat models and an embedding model with providers, env-resolved keys and per-token prices", () => {
     expect(config.model_list.map((m) => m.model_name).sort()).toEqual(
-      ["azure-gpt-4o", "claude-3-5-sonnet", "command-r", "gpt-4o", "gpt-4o-mini"].sort(),
+      [
+        "azure-gpt-4o",
+        "claude-3-5-sonnet",
+        "command-r",
+        "gpt-4o",
+        "gpt-4o-mini",
+        "text-embedding-3-small",
+      ].sort(),
     );
     for (const m of config.model_list) {
-      expect(m.model_info.mode, m.model_name).toBe("chat");
+      const embedding = m.model_name === "text-embedding-3-small";
+      expect(m.model_info.mode, m.model_name).toBe(embedding ? "embedding" : "chat");
       expect(m.model_info.input_cost_per_token, m.model_name).toBeGreaterThan(0);
-      expect(m.model_info.output_cost_per_token, m.model_name).toBeGreaterThan(0);
+      if (!embedding) expect(m.model_info.output_cost_per_token, m.model_name).toBeGreaterThan(0);
       expect(m.litellm_params.api_key, m.model_name).toMatch(/^os\.environ\/[A-Z_]+_API_KEY$/);
     }
     expect(model("gpt-4o").litellm_params.model).toBe("openai/gpt-4o");

@@ -2,7 +2,10 @@ import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 
 const readme = readFileSync("README.md", "utf8");
-const table = readme.slice(readme.indexOf("<!-- settings:start -->"), readme.indexOf("<!-- settings:end -->"));
+const table = readme.slice(
+  readme.indexOf("<!-- settings:start -->"),
+  readme.indexOf("<!-- settings:end -->"),
+);
 const documented = new Set([...table.matchAll(/^\|\s*`([A-Z][A-Z0-9_]*)`/gm)].map((m) => m[1]));
 
 describe("README", () => {

@@ -37,3 +37,13 @@ describe("settings", () => {
     expect(loadSettings({ LAGO_WEBHOOK_URL: "http://lago:3000" }).lago.url).toBe("http://lago:3000");
   });
 });
+
+describe("Lago URL names", () => {
+  it("takes LAGO_API_URL, and the specification's LAGO_WEBHOOK_URL as an alias", () => {
+    expect(loadSettings({ LAGO_WEBHOOK_URL: "http://a:3000" }).lago.url).toBe("http://a:3000");
+    expect(loadSettings({ LAGO_API_URL: "http://b:3000", LAGO_WEBHOOK_URL: "http://a:3000" }).lago.url).toBe(
+      "http://b:3000",
+    );
+    expect(() => loadSettings({ LAGO_API_URL: "lago:3000" })).toThrow(/LAGO_API_URL/);
+  });
+});
