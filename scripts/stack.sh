@@ -10,7 +10,8 @@
 # (config.yaml), DATABASE_URL (tried first), LITELLM_USE_DATABASE=1 (give LiteLLM the database too),
 # WEBHOOK_HOST / LITELLM_HOST (127.0.0.1), STACK_TIMEOUT (seconds to wait for health, 120),
 # STACK_POSTGRES=embedded (skip DATABASE_URL and the machine's cluster, e.g. to test the fallback).
-# Values in .env are used for anything not already in the environment (as docker compose does).
+# Values in .env are used for anything not already in the environment (as docker compose does);
+# STACK_ENV_FILE names another file instead (/dev/null: none, as the tests do).
 # The ports of the last `up` are remembered in $STACK_DIR/ports and reused when not set.
 set -euo pipefail
 
@@ -422,7 +423,7 @@ start_litellm() {
 
 cmd_up() {
   [[ -f "$CONFIG" ]] || die "no LiteLLM config at $CONFIG (set LITELLM_CONFIG)"
-  load_env_file "$ROOT/.env"
+  load_env_file "${STACK_ENV_FILE:-$ROOT/.env}"
   secrets
   choose_postgres
   printf '%s\n' "$DB_URL" >"$STACK_DIR/database_url"

@@ -53,7 +53,9 @@ describe("webhook-service CLI", () => {
         body: JSON.stringify(usageEvent()),
       });
       expect(res.status).toBe(202);
-      const openapi = (await (await fetch(`http://127.0.0.1:${port}/openapi.json`)).json()) as { paths: object };
+      const openapi = (await (await fetch(`http://127.0.0.1:${port}/openapi.json`)).json()) as {
+        paths: object;
+      };
       expect(Object.keys(openapi.paths)).toContain("/webhooks/usage/batch");
     } finally {
       srv.child.kill("SIGTERM");

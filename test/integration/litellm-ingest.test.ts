@@ -88,7 +88,11 @@ describe("POST /webhooks/litellm", () => {
   it("never bills LiteLLM's placeholder user of the master key", async () => {
     const p = litellmPayload(
       { end_user: null },
-      { user_api_key_user_id: "default_user_id", user_api_key_team_id: null, user_api_key_hash: "litellm_proxy_master_key" },
+      {
+        user_api_key_user_id: "default_user_id",
+        user_api_key_team_id: null,
+        user_api_key_hash: "litellm_proxy_master_key",
+      },
     );
     const res = await send([p]);
     expect(res.json()).toMatchObject({ accepted: 0, rejected: 1 });

@@ -433,7 +433,7 @@ describe("LagoDouble", () => {
     });
   });
 
-  it("sustains high throughput with 32 requests in flight", async () => {
+  it("stores 20,000 events sent with 32 requests in flight, each once", async () => {
     const batches = 200;
     let next = 0;
     const worker = async (): Promise<void> => {
@@ -445,14 +445,10 @@ describe("LagoDouble", () => {
         expect(r.status).toBe(200);
       }
     };
-    const t0 = performance.now();
+    // Speed is measured by bench/delivery.ts, never asserted here.
     await Promise.all(Array.from({ length: 32 }, worker));
-    const seconds = (performance.now() - t0) / 1000;
     expect(lago.eventCount).toBe(20_000);
     expect(lago.stats().acceptedTwice).toBe(0);
-    // Generous floor (client and server share this process; standalone with a separate client
-    // process the double sustains ~70k events/s): it must not be the bottleneck of a 20k/s benchmark.
-    expect(20_000 / seconds).toBeGreaterThan(10_000);
   });
 });
 
