@@ -3,16 +3,25 @@ import { Counter, Gauge, Histogram, Registry } from "prom-client";
 /** Prometheus metrics of one process (prefix `lago_billing_`, base units, no customer labels). */
 export interface Metrics {
   registry: Registry;
-  ingested: Counter<"outcome" | "endpoint">;
+  ingested: Counter<"outcome" | "source">;
+  httpSeconds: Histogram<"route" | "status_class">;
+  databaseErrors: Counter<"where">;
   delivered: Counter<"duplicate">;
   parked: Counter<"state">;
   rateLimited: Counter;
-  requestSeconds: Histogram<"outcome">;
+  requestSeconds: Histogram<"status_class">;
   lagSeconds: Histogram;
   backlog: Gauge<"state">;
   oldestPendingSeconds: Gauge;
   sinkState: Gauge<"state">;
   lastSuccess: Gauge;
+}
+
+/** "2xx", "4xx", "429", "5xx", or "network" when no answer came. */
+export function statusClass(status: number | null): string {
+  if (status === null) return "network";
+  if (status === 429) return "429";
+  return `${Math.floor(status / 100)}xx`;
 }
 
 export function createMetrics(): Metrics {
@@ -22,8 +31,21 @@ export function createMetrics(): Metrics {
     registry,
     ingested: new Counter({
       name: `${p}usage_events_received_total`,
-      help: "Usage events received, by outcome (accepted, duplicate, conflict, rejected)",
-      labelNames: ["outcome", "endpoint"],
+      help: "Usage events received, by outcome (accepted, duplicate, conflict, rejected) and source (api, litellm)",
+      labelNames: ["outcome", "source"],
+      registers: [registry],
+    }),
+    httpSeconds: new Histogram({
+      name: `${p}http_request_duration_seconds`,
+      help: "Duration of HTTP requests to the service, by route and status class",
+      labelNames: ["route", "status_class"],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [registry],
+    }),
+    databaseErrors: new Counter({
+      name: `${p}database_errors_total`,
+      help: "Database errors, by where they happened (ingest, delivery, health)",
+      labelNames: ["where"],
       registers: [registry],
     }),
     delivered: new Counter({
@@ -45,8 +67,8 @@ export function createMetrics(): Metrics {
     }),
     requestSeconds: new Histogram({
       name: `${p}lago_request_duration_seconds`,
-      help: "Duration of POST /api/v1/events/batch by outcome",
-      labelNames: ["outcome"],
+      help: "Duration of POST /api/v1/events/batch by status class (2xx, 4xx, 429, 5xx, network)",
+      labelNames: ["status_class"],
       buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers: [registry],
     }),

@@ -4,7 +4,7 @@ import type { Sql } from "../db/pool.ts";
 import { query } from "../db/queries.ts";
 import type { BatchOutcome, LagoClient, LagoEventBody } from "../lago/client.ts";
 import { LagoUnavailableError, type SubscriptionResolver } from "../lago/subscriptions.ts";
-import type { Metrics } from "../metrics.ts";
+import { type Metrics, statusClass } from "../metrics.ts";
 import { backoffMs, giveUpReason, type RetryPolicy } from "./retry-policy.ts";
 import type { Sink } from "./sink.ts";
 
@@ -244,6 +244,7 @@ export class DeliveryWorker {
         }
       } catch (err) {
         log.error({ err }, "delivery loop error (database unavailable?); retrying");
+        this.#o.metrics?.databaseErrors.inc({ where: "delivery" });
         await this.#sleep(this.#o.pollIntervalMs * 2);
       }
     }
@@ -413,7 +414,7 @@ export class DeliveryWorker {
     const started = performance.now();
     const outcome: BatchOutcome = await client.sendBatch(body);
     const ms = Math.round(performance.now() - started);
-    metrics?.requestSeconds.observe({ outcome: outcome.kind }, ms / 1000);
+    metrics?.requestSeconds.observe({ status_class: statusClass(outcome.status) }, ms / 1000);
     const attempt = {
       success: outcome.kind === "ok",
       status: outcome.status,

@@ -1,5 +1,6 @@
 import swagger from "@fastify/swagger";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
+import { statusClass } from "../metrics.ts";
 import type { Service } from "../service.ts";
 import { bearerAuth } from "./auth.ts";
 import { installErrorHandler } from "./errors.ts";
@@ -18,7 +19,13 @@ export async function buildApp(service: Service): Promise<FastifyInstance> {
       customOptions: { allErrors: true, coerceTypes: false, removeAdditional: false, useDefaults: false },
     },
   });
-  installErrorHandler(app);
+  installErrorHandler(app, () => service.metrics.databaseErrors.inc({ where: "ingest" }));
+  app.addHook("onResponse", async (req, reply) => {
+    service.metrics.httpSeconds.observe(
+      { route: req.routeOptions.url ?? "unknown", status_class: statusClass(reply.statusCode) },
+      reply.elapsedTime / 1000,
+    );
+  });
   await app.register(swagger, {
     openapi: {
       info: { title: "webhook-service", version: "0.1.0", description: "Usage ledger and Lago delivery" },

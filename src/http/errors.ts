@@ -31,11 +31,13 @@ export function unprocessable(errors: FieldError[]) {
  * Validation errors become 422 with field paths; an unreachable database 503 with Retry-After (the
  * sender must retry); client errors pass through; anything else is logged and masked as 500.
  */
-export function installErrorHandler(app: FastifyInstance): void {
+export function installErrorHandler(app: FastifyInstance, onDatabaseError: () => void = () => {}): void {
   app.setErrorHandler((err: FastifyError, req, reply) => {
     if (err.validation) {
       return reply.code(422).send(unprocessable(toFieldErrors(err.validation)));
     }
+    if (isDatabaseUnavailable(err) || (err as { severity?: string }).severity !== undefined)
+      onDatabaseError();
     if (isDatabaseUnavailable(err)) {
       req.log.warn({ err: err.message }, "database unavailable: answering 503");
       return reply.code(503).header("retry-after", "5").send({

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
 import { AUTH, startService, type TestService, usageEvent } from "../support/service.ts";
+import { TcpProxy } from "../support/tcp-proxy.ts";
 
 let db: TestDatabase;
 let t: TestService;
@@ -189,9 +190,18 @@ describe("POST /webhooks/usage/batch", () => {
 });
 
 describe("database down", () => {
-  it("answers 503 with Retry-After, never 2xx or a stack trace", async () => {
-    const down = await startService("postgres://postgres@127.0.0.1:1/nothing");
+  it("answers 503 with Retry-After, never 2xx or a stack trace; the event sent again after recovery is stored once", async () => {
+    const u = new URL(db.url);
+    const relay = await TcpProxy.start(u.hostname, Number(u.port || 5432));
+    u.port = String(relay.port);
+    const down = await startService(u.toString());
     try {
+      const e = usageEvent();
+      expect(
+        (await down.app.inject({ method: "POST", url: "/webhooks/usage", payload: e, headers: AUTH }))
+          .statusCode,
+      ).toBe(202);
+      relay.cut();
       const res = await down.app.inject({
         method: "POST",
         url: "/webhooks/usage",
@@ -201,10 +211,116 @@ describe("database down", () => {
       expect(res.statusCode).toBe(503);
       expect(res.headers["retry-after"]).toBe("5");
       expect(res.body).not.toContain("at ");
-      const ready = await down.app.inject({ method: "GET", url: "/health/ready" });
-      expect(ready.statusCode).toBe(503);
+      const retried = usageEvent();
+      expect(
+        (await down.app.inject({ method: "POST", url: "/webhooks/usage", payload: retried, headers: AUTH }))
+          .statusCode,
+      ).toBe(503);
+      expect((await down.app.inject({ method: "GET", url: "/health/ready" })).statusCode).toBe(503);
+      const metrics = (await down.app.inject({ method: "GET", url: "/health/metrics" })).body;
+      expect(metrics).toMatch(/lago_billing_database_errors_total\{where="ingest"\} [1-9]/);
+      relay.restore();
+      const again = await down.app.inject({
+        method: "POST",
+        url: "/webhooks/usage",
+        payload: retried,
+        headers: AUTH,
+      });
+      expect(again.statusCode).toBe(202);
+      expect(again.json()).toEqual({ accepted: 1, duplicates: 0, conflicts: 0 });
+      const twice = await down.app.inject({
+        method: "POST",
+        url: "/webhooks/usage",
+        payload: retried,
+        headers: AUTH,
+      });
+      expect(twice.json()).toEqual({ accepted: 0, duplicates: 1, conflicts: 0 });
+      const [n] =
+        await db.sql`SELECT count(*)::int AS n FROM usage_events WHERE request_id = ${retried.request_id as string}`;
+      expect(n?.n).toBe(1);
     } finally {
       await down.close();
+      await relay.close();
     }
+  });
+});
+
+describe("get_usage_by_customer and metrics", () => {
+  it("sums each model's requests, tokens and cost exactly", async () => {
+    const events = [
+      usageEvent({
+        customer_id: "sum-1",
+        model: "gpt-4o",
+        tokens_input: 100,
+        tokens_output: 50,
+        total_tokens: 150,
+        cost_usd: 0.1,
+      }),
+      usageEvent({
+        customer_id: "sum-1",
+        model: "gpt-4o",
+        tokens_input: 10,
+        tokens_output: 5,
+        total_tokens: 15,
+        cost_usd: 0.2,
+      }),
+      usageEvent({
+        customer_id: "sum-1",
+        model: "command-r",
+        tokens_input: 7,
+        tokens_output: 3,
+        total_tokens: 10,
+        cost_usd: 0.0000001,
+      }),
+      usageEvent({
+        customer_id: "sum-2",
+        model: "gpt-4o",
+        tokens_input: 1,
+        tokens_output: 1,
+        total_tokens: 2,
+        cost_usd: 9,
+      }),
+    ];
+    expect((await post("/webhooks/usage/batch", { events })).statusCode).toBe(202);
+    const rows = await db.sql`SELECT * FROM get_usage_by_customer('sum-1', now() - interval '1 day', now())`;
+    expect(rows.map((r) => ({ ...r }))).toEqual([
+      {
+        model: "command-r",
+        requests: "1",
+        input_tokens: "7",
+        output_tokens: "3",
+        cached_tokens: "0",
+        reasoning_tokens: "0",
+        total_tokens: "10",
+        total_cost: "0.000000100000",
+      },
+      {
+        model: "gpt-4o",
+        requests: "2",
+        input_tokens: "110",
+        output_tokens: "55",
+        cached_tokens: "0",
+        reasoning_tokens: "0",
+        total_tokens: "165",
+        total_cost: "0.300000000000",
+      },
+    ]);
+  });
+
+  it("counts received events by outcome and source, and request latency, in Prometheus format", async () => {
+    const e = usageEvent();
+    await post("/webhooks/usage", e);
+    await post("/webhooks/usage", e);
+    await post("/webhooks/usage", usageEvent({ tokens_input: -1 }));
+    const text = (await t.app.inject({ method: "GET", url: "/health/metrics" })).body;
+    expect(text).toMatch(/lago_billing_usage_events_received_total\{outcome="accepted",source="api"\} [1-9]/);
+    expect(text).toMatch(
+      /lago_billing_usage_events_received_total\{outcome="duplicate",source="api"\} [1-9]/,
+    );
+    expect(text).toMatch(/lago_billing_usage_events_received_total\{outcome="rejected",source="api"\} [1-9]/);
+    expect(text).toMatch(
+      /lago_billing_http_request_duration_seconds_bucket\{le="0.05",route="\/webhooks\/usage",status_class="2xx"\}/,
+    );
+    expect(text).toContain("lago_billing_oldest_pending_age_seconds");
   });
 });

@@ -41,13 +41,17 @@ export const ingestRoutes: FastifyPluginAsyncTypebox<{ service: Service }> = asy
     },
     async (req, reply) => {
       if (req.validationError) {
+        metrics.ingested.inc({ outcome: "rejected", source: "api" });
         return reply.code(422).send(unprocessable(toFieldErrors(req.validationError.validation ?? [])));
       }
       const errors = semanticErrors(req.body, settings.ingest, "");
-      if (errors.length > 0) return reply.code(422).send(unprocessable(errors));
+      if (errors.length > 0) {
+        metrics.ingested.inc({ outcome: "rejected", source: "api" });
+        return reply.code(422).send(unprocessable(errors));
+      }
       const outcomes = await ledger.write([fromUsageEvent(req.body)]);
       const counts = countOutcomes(outcomes);
-      for (const o of outcomes) metrics.ingested.inc({ outcome: o, endpoint: "usage" });
+      for (const o of outcomes) metrics.ingested.inc({ outcome: o, source: "api" });
       return reply.code(202).send(counts);
     },
   );
@@ -86,9 +90,12 @@ export const ingestRoutes: FastifyPluginAsyncTypebox<{ service: Service }> = asy
             errors.push({ index, ...err });
         });
       }
-      if (errors.length > 0) return reply.code(422).send(unprocessable(errors));
+      if (errors.length > 0) {
+        metrics.ingested.inc({ outcome: "rejected", source: "api" }, Math.max(1, events.length));
+        return reply.code(422).send(unprocessable(errors));
+      }
       const outcomes = await ledger.write(events.map(fromUsageEvent));
-      for (const o of outcomes) metrics.ingested.inc({ outcome: o, endpoint: "usage_batch" });
+      for (const o of outcomes) metrics.ingested.inc({ outcome: o, source: "api" });
       return reply.code(202).send(countOutcomes(outcomes));
     },
   );

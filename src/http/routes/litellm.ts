@@ -130,9 +130,9 @@ export const litellmRoutes: FastifyPluginAsyncTypebox<{ service: Service }> = as
           "LiteLLM payloads rejected (kept in ingest_rejections)",
         );
       const outcomes = await ledger.write(records, rejections);
-      for (const o of outcomes) metrics.ingested.inc({ outcome: o, endpoint: "litellm" });
+      for (const o of outcomes) metrics.ingested.inc({ outcome: o, source: "litellm" });
       if (rejections.length)
-        metrics.ingested.inc({ outcome: "rejected", endpoint: "litellm" }, rejections.length);
+        metrics.ingested.inc({ outcome: "rejected", source: "litellm" }, rejections.length);
       return reply.code(202).send({
         ...countOutcomes(outcomes),
         not_billable: records.filter((r) => !r.billable).length,
