@@ -88,7 +88,8 @@ describe("delivery to Lago", () => {
 
   it("treats value_already_exist as delivered, parks other 422s with Lago's reason and resends the rest", async () => {
     t = await startService(db.url, env(), { worker: false });
-    const events = Array.from({ length: 10 }, () => usageEvent());
+    // 50 calls = one batch of 100 events: one poisoned, one Lago already has.
+    const events = Array.from({ length: 50 }, () => usageEvent());
     await ingest(t, events);
     // Lago already has event 0's input (e.g. sent by a worker that crashed before settling).
     lago.addSubscription("other", "other");
@@ -114,7 +115,7 @@ describe("delivery to Lago", () => {
     try {
       await eventually(async () => (await states()).pending === undefined, "nothing pending");
       const s = await states();
-      expect(s).toEqual({ delivered: 19, failed: 1 });
+      expect(s).toEqual({ delivered: 99, failed: 1 });
       const [failed] = await db.sql`SELECT last_error, last_status FROM lago_events WHERE state = 'failed'`;
       expect(failed?.last_error).toMatch(/value_is_mandatory/);
       expect(failed?.last_status).toBe(422);
@@ -131,11 +132,12 @@ describe("delivery to Lago", () => {
         headers: AUTH,
       });
       expect(res.json()).toMatchObject({ moved: 1 });
-      await eventually(allDelivered(20), "20 delivered");
+      await eventually(allDelivered(100), "100 delivered");
     } finally {
       await worker.close();
     }
-    expect(exactlyOnce()).toBe(20);
+    expect(exactlyOnce()).toBe(100);
+    expect(lago.requests.filter((r) => r.path.includes("/events/batch"))[1]?.eventCount).toBe(100);
   });
 
   it("pauses everything on 429 until X-RateLimit-Reset and loses nothing", async () => {
@@ -187,6 +189,35 @@ describe("delivery to Lago", () => {
     expect(exactlyOnce()).toBe(20);
     const [f] = await db.sql`SELECT error FROM webhook_logs WHERE NOT success ORDER BY id LIMIT 1`;
     expect(f?.error).toMatch(/503/);
+  });
+
+  it("rides out Lago being down (connection refused, then 503s) with backoff, not a hot loop", async () => {
+    const port = lago.port;
+    t = await startService(db.url, env({ LAGO_RETRY_BASE_MS: "100", LAGO_RETRY_MAX_MS: "1000" }), {
+      worker: true,
+    });
+    const events = Array.from({ length: 20 }, () => usageEvent());
+    await lago.close();
+    await ingest(t, events);
+    await new Promise((r) => setTimeout(r, 2000)); // connection refused
+    lago = await LagoDouble.start({ apiKey: "lago-key", port });
+    lago.addMetric("llm_tokens");
+    lago.addSubscription("customer-123", "customer-123");
+    lago.setMode("error500");
+    await new Promise((r) => setTimeout(r, 2000)); // 503s
+    const during = lago.requests.length;
+    expect(during).toBeGreaterThan(0);
+    expect(during).toBeLessThan(40); // backoff and the sink's pause, not a hot loop
+    lago.setMode("ok");
+    await eventually(allDelivered(40), "40 delivered after Lago is back");
+    expect((await states()).failed).toBeUndefined();
+    expect(exactlyOnce()).toBe(40);
+    // The timestamp is the call's own, frozen at ingest: identical whichever attempt got through.
+    for (const e of events) {
+      expect(lago.events.find((x) => x.transaction_id === `${e.request_id}:input`)?.timestamp).toBe(
+        e.timestamp,
+      );
+    }
   });
 
   it("gives up after LAGO_MAX_ATTEMPTS as failed, and reprocess delivers them later", async () => {
@@ -243,7 +274,10 @@ describe("delivery to Lago", () => {
     expect(metrics).toContain('lago_billing_sink_state{state="auth_failing"} 1');
     const validate = await t.app.inject({ method: "GET", url: "/webhooks/validate", headers: AUTH });
     expect(validate.statusCode).toBe(503);
-    expect(validate.json().problems[0]).toMatch(/API key/);
+    const apiKey = validate.json().checks.find((c: { name: string }) => c.name === "api_key");
+    expect(apiKey).toMatchObject({ ok: false, fix: expect.stringMatching(/LAGO_API_KEY/) });
+    expect(validate.body).not.toContain("rotated");
+    expect(validate.body).not.toContain("lago-key");
     const [row] = await db.sql`SELECT attempts FROM lago_events LIMIT 1`;
     expect(row?.attempts).toBe(0);
     lago.setApiKey("lago-key");
@@ -333,6 +367,39 @@ describe("delivery to Lago", () => {
     expect(lago.rejected422).toBe(0);
     const workers = await db.sql`SELECT DISTINCT worker_id FROM webhook_logs`;
     expect(workers.length).toBe(2);
+  });
+
+  it("validate names each check: key, metric and its filters, lookup of recent customers", async () => {
+    lago.reset({ entities: true });
+    lago.addMetric("llm_tokens", { filters: [{ key: "model", values: ["gpt-4o"] }] });
+    lago.addSubscription("sub-a", "customer-a");
+    t = await startService(db.url, env({ LAGO_SUBSCRIPTION_MAPPING: "lookup" }), { worker: false });
+    await ingest(t, [usageEvent({ customer_id: "customer-a" }), usageEvent({ customer_id: "customer-b" })]);
+    const res = await t.app.inject({ method: "GET", url: "/webhooks/validate", headers: AUTH });
+    expect(res.statusCode).toBe(503);
+    const checks = Object.fromEntries(
+      (res.json().checks as { name: string; ok: boolean; detail: string }[]).map((c) => [c.name, c]),
+    );
+    expect(checks.api_key?.ok).toBe(true);
+    expect(checks.billable_metric).toMatchObject({
+      ok: false,
+      detail: expect.stringMatching(/lacks the filter\(s\) type/),
+    });
+    expect(checks.subscription_lookup).toMatchObject({
+      ok: false,
+      detail: expect.stringMatching(/customer-b/),
+    });
+    lago.billableMetrics.delete("llm_tokens");
+    lago.addMetric("llm_tokens", {
+      filters: [
+        { key: "model", values: ["gpt-4o"] },
+        { key: "type", values: ["input"] },
+      ],
+    });
+    lago.addSubscription("sub-b", "customer-b");
+    const ok = await t.app.inject({ method: "GET", url: "/webhooks/validate", headers: AUTH });
+    expect(ok.json().checks.filter((c: { ok: boolean }) => !c.ok)).toEqual([]);
+    expect(ok.statusCode).toBe(200);
   });
 
   it("holds everything while the billable metric is missing, and says how to fix it", async () => {
