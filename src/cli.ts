@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 import { Command, InvalidArgumentError } from "commander";
 import type { Logger } from "pino";
+import { registerCompletenessCommands } from "./completeness/cli.ts";
+import { startReconciler } from "./completeness/reconciler.ts";
 import { migrate } from "./db/migrate.ts";
 import { openPool } from "./db/pool.ts";
 import { buildApp } from "./http/app.ts";
@@ -104,9 +106,11 @@ program
     const app = await buildApp(service);
     await app.listen({ host: opts.host ?? settings.host, port: opts.port ?? settings.port });
     await service.worker?.start();
+    const reconciler = settings.workerEnabled ? startReconciler(service) : null;
     startHousekeeping(service);
     onShutdown(log, async () => {
       await app.close();
+      await reconciler?.stop();
       await service.close();
     });
   });
@@ -124,9 +128,13 @@ program
     await migrateOrExit(settings, log);
     const service = createService(settings, log, { worker: true });
     await service.worker?.start();
+    const reconciler = startReconciler(service);
     startHousekeeping(service);
     log.info("delivery worker running");
-    onShutdown(log, () => service.close());
+    onShutdown(log, async () => {
+      await reconciler?.stop();
+      await service.close();
+    });
   });
 
 program
@@ -198,6 +206,8 @@ function startHousekeeping(service: Service): void {
     setInterval(prune, 3_600_000).unref();
   }
 }
+
+registerCompletenessCommands(program, { withService });
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`webhook-service: ${(err as Error).message}\n`);

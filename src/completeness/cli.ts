@@ -241,7 +241,9 @@ function backfillText(s: BackfillSummary): string {
   for (const [reason, n] of Object.entries(s.rejected_reasons)) lines.push(`    ${n}× ${reason}`);
   if (s.skipped_other_customers > 0)
     lines.push(`  other customers       ${s.skipped_other_customers} (skipped)`);
-  lines.push(`  Lago events queued    ${s.events_queued_for_lago}${s.dry_run ? " (would be)" : ""}`);
+  lines.push(
+    `  Lago events queued    ${s.events_queued_for_lago}${s.dry_run ? " (would be)" : " (the delivery worker sends them)"}`,
+  );
   const customers = Object.entries(s.customers);
   if (customers.length > 0) {
     lines.push("  per customer (new / already / conflicts):");

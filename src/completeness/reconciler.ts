@@ -55,11 +55,11 @@ export async function reconcile(
   const started = Date.now();
   const now = opts.now ?? new Date();
   const lagMs = service.settings.reconcile.safetyLagSeconds * 1000;
-  const reader = new SpendLogsReader(service);
   const [cursorRow] = await service.sql.unsafe<{ cursor: Date }[]>(query("reconcile_cursor_get"), [
     CURSOR_NAME,
   ]);
   const cursor = cursorRow?.cursor ?? null;
+  const reader = new SpendLogsReader(service);
   const result = (tally: Tally, extra: Partial<ReconcileResult>): ReconcileResult => ({
     available: true,
     since: null,

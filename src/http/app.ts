@@ -4,6 +4,7 @@ import { statusClass } from "../metrics.ts";
 import type { Service } from "../service.ts";
 import { bearerAuth } from "./auth.ts";
 import { installErrorHandler } from "./errors.ts";
+import { driftRoutes } from "./routes/drift.ts";
 import { healthRoutes } from "./routes/health.ts";
 import { ingestRoutes } from "./routes/ingest.ts";
 import { litellmRoutes } from "./routes/litellm.ts";
@@ -40,6 +41,7 @@ export async function buildApp(service: Service): Promise<FastifyInstance> {
       await webhooks.register(ingestRoutes, { service });
       await webhooks.register(litellmRoutes, { service });
       await webhooks.register(operationRoutes, { service });
+      await webhooks.register(driftRoutes, { service });
     },
     { prefix: "/webhooks" },
   );

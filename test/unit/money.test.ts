@@ -32,12 +32,16 @@ describe("pricing from config.yaml", () => {
     const gpt = book.get("gpt-4o");
     expect(gpt).toBeDefined();
     // 100 input + 150 output at 5e-6 / 1.5e-5: the README's example cost.
-    expect(priceCall(gpt!, { input: 100, output: 150, cached: 0, cacheWrite: 0 })).toBe("0.00275");
+    expect(priceCall(required(gpt), { input: 100, output: 150, cached: 0, cacheWrite: 0 })).toBe("0.00275");
     const mini = book.get("gpt-4o-mini");
     // 1000 prompt tokens of which 800 cached at 7.5e-8, 200 at 1.5e-7, 100 output at 6e-7.
-    expect(priceCall(mini!, { input: 1000, output: 100, cached: 800, cacheWrite: 0 })).toBe("0.00015");
+    expect(priceCall(required(mini), { input: 1000, output: 100, cached: 800, cacheWrite: 0 })).toBe(
+      "0.00015",
+    );
     const claude = book.get("claude-3-5-sonnet");
-    expect(priceCall(claude!, { input: 1000, output: 0, cached: 0, cacheWrite: 1000 })).toBe("0.00375");
+    expect(priceCall(required(claude), { input: 1000, output: 0, cached: 0, cacheWrite: 1000 })).toBe(
+      "0.00375",
+    );
     expect(book.get("no-such-model")).toBeUndefined();
   });
 
@@ -45,3 +49,8 @@ describe("pricing from config.yaml", () => {
     expect(loadConfiguredModels("/nonexistent/config.yaml")).toEqual([]);
   });
 });
+
+function required<T>(v: T | undefined): T {
+  if (v === undefined) throw new Error("model missing from the price book");
+  return v;
+}
