@@ -33,7 +33,7 @@ tsc -p tsconfig.json --noEmit
 biome check .
 
 step "python callback tests"
-(cd proxy && ../.venv/litellm/bin/python -m unittest -q test_lago_billing)
+(cd proxy && LITELLM_LOCAL_MODEL_COST_MAP=True ../.venv/litellm/bin/python -m unittest -q test_lago_billing)
 
 step "vitest"
 if [ "$#" -gt 0 ]; then

@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import shutil
+import sys
 import threading
 import time
 import urllib.error
@@ -131,6 +132,19 @@ class LagoBillingCallback(CustomLogger):
                 await asyncio.wait_for(asyncio.wrap_future(fut), timeout + 2)
         except Exception as exc:
             log.warning("lago_billing: flush failed: %r", exc)
+
+    async def shutdown(self, timeout=None):
+        """Proxy shutdown: let LiteLLM run the callbacks still waiting in its logging queue (they
+        enqueue here), then send what is queued and spool the rest. Never raises."""
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+
+            await asyncio.wait_for(GLOBAL_LOGGING_WORKER.flush(), timeout)
+        except Exception as exc:  # litellm missing, or its queue did not drain in time
+            log.warning("lago_billing: LiteLLM's logging queue not drained at shutdown: %r", exc)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.close, timeout)
 
     def close(self, timeout=5.0):
         """Stop the worker, send what is queued, spool the rest (also registered with atexit)."""
@@ -382,4 +396,31 @@ class LagoBillingCallback(CustomLogger):
             log.warning("lago_billing: %d records not delivered at flush; spooled to %s", n, self.spool_path)
 
 
+def install_shutdown_hook(callback, module_name="litellm.proxy.proxy_server"):
+    """Run callback.shutdown() inside the proxy's own shutdown.
+
+    On SIGTERM uvicorn drains requests, runs the app's lifespan shutdown, then re-raises the
+    signal with the default handler, so the process dies without running atexit. LiteLLM's
+    lifespan ends with ``await proxy_shutdown_event(...)`` looked up in its module at call time:
+    wrapping that name is the one place our flush reliably runs before the process goes away.
+    Returns True when installed (idempotent), False outside the proxy.
+    """
+    module = sys.modules.get(module_name)
+    original = getattr(module, "proxy_shutdown_event", None)
+    if original is None:
+        return False
+    if getattr(original, "_lago_billing", False):
+        return True
+
+    async def proxy_shutdown_event(*args, **kwargs):
+        await callback.shutdown()
+        return await original(*args, **kwargs)
+
+    proxy_shutdown_event._lago_billing = True
+    module.proxy_shutdown_event = proxy_shutdown_event
+    return True
+
+
 proxy_handler_instance = LagoBillingCallback()
+with contextlib.suppress(Exception):
+    install_shutdown_hook(proxy_handler_instance)

@@ -5,6 +5,7 @@
 Every test talks to a real ThreadingHTTPServer on 127.0.0.1 whose answers the test controls.
 """
 import asyncio
+import contextlib
 import datetime
 import json
 import logging
@@ -12,7 +13,9 @@ import os
 import socket
 import tempfile
 import threading
+import sys
 import time
+import types
 import unittest
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -326,6 +329,27 @@ class LagoBillingTest(unittest.IsolatedAsyncioTestCase):
             await self.send(cb, [1])
             await self.wait_until(lambda: "call-001" in svc.ids(), msg="valid record after garbage")
         self.assertEqual(svc.ids().count("call-777"), 2)  # non-str key skipped, record kept
+
+    async def test_shutdown_hook_flushes_before_the_proxy_shutdown(self):
+        svc = self.server()
+        cb = self.make(svc.url, flush_interval=30)  # only the shutdown sends
+        calls = []
+
+        async def proxy_shutdown_event(**kwargs):
+            calls.append(("original", svc.ids(), kwargs))
+
+        fake = types.ModuleType("fake_proxy_server")
+        fake.proxy_shutdown_event = proxy_shutdown_event
+        sys.modules["fake_proxy_server"] = fake
+        self.addCleanup(sys.modules.pop, "fake_proxy_server")
+        self.assertFalse(lago_billing.install_shutdown_hook(cb, "no_such_module"))
+        self.assertTrue(lago_billing.install_shutdown_hook(cb, "fake_proxy_server"))
+        self.assertTrue(lago_billing.install_shutdown_hook(cb, "fake_proxy_server"))  # idempotent
+        await self.send(cb, range(3))
+        with contextlib.suppress(AssertionError), self.assertLogs("lago_billing", level="WARNING"):
+            await fake.proxy_shutdown_event(worker_heartbeat=None)
+        # the events were sent before LiteLLM's own shutdown ran, and it still ran once
+        self.assertEqual(calls, [("original", expected_ids(3), {"worker_heartbeat": None})])
 
     def test_module_instance_and_env(self):
         self.assertIsInstance(lago_billing.proxy_handler_instance, LagoBillingCallback)

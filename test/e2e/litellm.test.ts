@@ -1,10 +1,11 @@
+import { existsSync } from "node:fs";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadConfiguredModels, PriceBook, priceCall } from "../../src/pricing.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
 import { FakeOpenAI } from "../support/fake-openai.ts";
 import { LagoDouble } from "../support/lago-double.ts";
-import { MASTER_KEY, type Proxy, startProxy } from "../support/litellm-proxy.ts";
+import { type LiteLLMProxy, MASTER_KEY, startProxy } from "../support/litellm-proxy.ts";
 import { freePort } from "../support/process.ts";
 import { eventually, SECRET, startService, type TestService } from "../support/service.ts";
 
@@ -12,7 +13,7 @@ let upstream: FakeOpenAI;
 let lago: LagoDouble;
 let db: TestDatabase;
 let svc: TestService;
-let proxy: Proxy;
+let proxy: LiteLLMProxy;
 let client: OpenAI;
 let webhookPort: number;
 const prices = new PriceBook(loadConfiguredModels("config.yaml"));
@@ -42,6 +43,8 @@ beforeAll(async () => {
     callbacks: "ours",
     webhookUrl: `http://127.0.0.1:${webhookPort}`,
     webhookSecret: SECRET,
+    // A tiny in-memory queue, so an outage of the webhook service spills into the spool file.
+    env: { LAGO_BILLING_QUEUE_MAX: "3" },
   });
   client = new OpenAI({ apiKey: MASTER_KEY, baseURL: `${proxy.url}/v1`, maxRetries: 0 });
 }, 180_000);
@@ -123,7 +126,7 @@ describe("the real LiteLLM proxy with our callback and the OpenAI SDK", () => {
     });
     const row = await ledgerRow("customer-cache");
     expect(row).toMatchObject({ tokens_input: "1000", tokens_cached: "800", tokens_output: "100" });
-    const expected = priceCall(prices.get("gpt-4o-mini")!, {
+    const expected = priceCall(prices.get("gpt-4o-mini") ?? expect.fail("gpt-4o-mini has no price"), {
       input: 1000,
       output: 100,
       cached: 800,
@@ -192,10 +195,10 @@ describe("the real LiteLLM proxy with our callback and the OpenAI SDK", () => {
     expect(rows[1]?.not_billable_reason).toMatch(/cache hit/);
   });
 
-  it("never blocks calls while the webhook service is down, and delivers them after", async () => {
+  it("never blocks calls while the webhook service is down, spools them to disk, and delivers them after", async () => {
     await svc.close();
     const ids: string[] = [];
-    for (let i = 0; i < 5; i++) {
+    for (let i = 0; i < 12; i++) {
       const r = await client.chat.completions.create({
         model: "gpt-4o",
         messages: [{ role: "user", content: `down ${i}` }],
@@ -203,21 +206,108 @@ describe("the real LiteLLM proxy with our callback and the OpenAI SDK", () => {
       });
       ids.push(r.id);
     }
-    await new Promise((r) => setTimeout(r, 1500));
+    await eventually(
+      () => existsSync(`${proxy.dir}/spool.ndjson`),
+      "the callback spilled to its spool file",
+      20_000,
+    );
     svc = await startWebhookService();
     await eventually(
       async () =>
         (await db.sql`SELECT count(*)::int AS n FROM usage_events WHERE request_id = ANY(${ids})`)[0]?.n ===
-        5,
-      "all 5 calls made during the outage reach the ledger",
+        12,
+      "all 12 calls made during the outage reach the ledger",
       60_000,
     );
     await eventually(
-      () => lago.events.filter((e) => e.external_subscription_id === "customer-down").length === 10,
-      "10 Lago events",
+      () => lago.events.filter((e) => e.external_subscription_id === "customer-down").length === 24,
+      "24 Lago events",
       30_000,
     );
     const counts = lago.countByTransaction();
     expect([...counts.values()].every((c) => c === 1)).toBe(true);
+  });
+});
+
+describe("the proxy's lifecycle", () => {
+  it("starts with the repository's own config.yaml and placeholder provider keys", async () => {
+    const real = await startProxy({
+      upstream: upstream.url,
+      callbacks: "ours",
+      realConfig: true,
+      env: {
+        LITELLM_MASTER_KEY: MASTER_KEY,
+        OPENAI_API_KEY: "sk-placeholder",
+        ANTHROPIC_API_KEY: "placeholder",
+        COHERE_API_KEY: "placeholder",
+        AZURE_API_BASE: "https://placeholder.openai.azure.com",
+        AZURE_API_KEY: "placeholder",
+        AZURE_API_VERSION: "2024-10-21",
+        REDIS_HOST: "127.0.0.1",
+        REDIS_PORT: "6379",
+        REDIS_PASSWORD: "",
+      },
+    });
+    try {
+      const res = await fetch(`${real.url}/v1/models`, {
+        headers: { authorization: `Bearer ${MASTER_KEY}` },
+      });
+      const models = ((await res.json()) as { data: { id: string }[] }).data.map((m) => m.id).sort();
+      expect(models).toEqual([
+        "azure-gpt-4o",
+        "claude-3-5-sonnet",
+        "command-r",
+        "gpt-4o",
+        "gpt-4o-mini",
+        "text-embedding-3-small",
+      ]);
+    } finally {
+      await real.stop();
+    }
+  });
+
+  it("loses no finished call when the proxy is stopped with SIGTERM under load", async () => {
+    const second = await startProxy({
+      upstream: upstream.url,
+      callbacks: "ours",
+      webhookUrl: `http://127.0.0.1:${webhookPort}`,
+      webhookSecret: SECRET,
+      env: { LAGO_BILLING_FLUSH_INTERVAL: "2" },
+    });
+    const c = new OpenAI({ apiKey: MASTER_KEY, baseURL: `${second.url}/v1`, maxRetries: 0 });
+    const finished: string[] = [];
+    let stop = false;
+    const load = async (k: number) => {
+      for (let i = 0; !stop; i++) {
+        try {
+          const r = await c.chat.completions.create({
+            model: "gpt-4o",
+            messages: [{ role: "user", content: `sigterm ${k} ${i}` }],
+            user: "customer-sigterm",
+          });
+          finished.push(r.id);
+        } catch {
+          return; // the proxy is going away: this call did not finish
+        }
+      }
+    };
+    const exited = new Promise<number | null>((r) => second.child.once("exit", (code) => r(code)));
+    const clients = Array.from({ length: 8 }, (_, k) => load(k));
+    await new Promise((r) => setTimeout(r, 1500));
+    second.child.kill("SIGTERM");
+    stop = true;
+    await Promise.all(clients);
+    await exited;
+    const log = second.output();
+    await second.stop();
+    expect(finished.length).toBeGreaterThan(5);
+    expect(log).not.toMatch(/not drained|flush failed|close failed/);
+    await eventually(
+      async () =>
+        (await db.sql`SELECT count(*)::int AS n FROM usage_events WHERE request_id = ANY(${finished})`)[0]
+          ?.n === finished.length,
+      `all ${finished.length} finished calls in the ledger`,
+      30_000,
+    );
   });
 });

@@ -18,9 +18,11 @@ export interface ProxyOptions {
   lagoApiKey?: string;
   redisNamespace?: string;
   env?: Record<string, string>;
+  /** Use the repository's config.yaml unchanged (placeholder provider keys), instead of the test variant. */
+  realConfig?: boolean;
 }
 
-export interface Proxy {
+export interface LiteLLMProxy {
   url: string;
   dir: string;
   child: ChildProcess;
@@ -66,9 +68,10 @@ export function testConfig(opts: ProxyOptions): object {
 }
 
 /** Starts the real LiteLLM proxy from the project's virtualenv on a free port. */
-export async function startProxy(opts: ProxyOptions): Promise<Proxy> {
+export async function startProxy(opts: ProxyOptions): Promise<LiteLLMProxy> {
   const dir = mkdtempSync(join(tmpdir(), "litellm-e2e-"));
-  writeFileSync(join(dir, "config.yaml"), YAML.stringify(testConfig(opts)));
+  if (opts.realConfig) copyFileSync("config.yaml", join(dir, "config.yaml"));
+  else writeFileSync(join(dir, "config.yaml"), YAML.stringify(testConfig(opts)));
   copyFileSync("proxy/lago_billing.py", join(dir, "lago_billing.py"));
   const port = await freePort();
   const child = spawn(
@@ -133,7 +136,7 @@ export async function startProxy(opts: ProxyOptions): Promise<Proxy> {
     child,
     output: () => out,
     async stop(signal: NodeJS.Signals = "SIGTERM") {
-      if (child.exitCode === null) {
+      if (child.exitCode === null && child.signalCode === null) {
         child.kill(signal);
         const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
         await once(child, "exit").catch(() => undefined);
