@@ -14,4 +14,10 @@ describe("benchmark scripts (smoke)", () => {
       expect(r.stdout).toMatch(/target|exactly once/);
     }, 300_000);
   }
+
+  it("bench/drivers.ts (postgres vs pg) runs and the rows it reports are written", () => {
+    const r = run("bench/drivers.ts");
+    expect(r.status, `${r.stdout}\n${r.stderr}`).toBe(0);
+    expect(r.stdout).toMatch(/correctness: every run's reported rows are in its table/);
+  }, 300_000);
 });
