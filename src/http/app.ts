@@ -1,5 +1,5 @@
 import swagger from "@fastify/swagger";
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from "fastify";
 import { statusClass } from "../metrics.ts";
 import type { Service } from "../service.ts";
 import { bearerAuth } from "./auth.ts";
@@ -14,7 +14,7 @@ import { operationRoutes } from "./routes/operations.ts";
 export async function buildApp(service: Service): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: service.log.child({ component: "http" }) as FastifyBaseLogger,
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: service.settings.ingest.bodyLimitBytes,
     ajv: {
       customOptions: { allErrors: true, coerceTypes: false, removeAdditional: false, useDefaults: false },

@@ -201,7 +201,7 @@ describe("database down", () => {
         (await down.app.inject({ method: "POST", url: "/webhooks/usage", payload: e, headers: AUTH }))
           .statusCode,
       ).toBe(202);
-      relay.cut();
+      await relay.cut();
       const res = await down.app.inject({
         method: "POST",
         url: "/webhooks/usage",
@@ -219,7 +219,7 @@ describe("database down", () => {
       expect((await down.app.inject({ method: "GET", url: "/health/ready" })).statusCode).toBe(503);
       const metrics = (await down.app.inject({ method: "GET", url: "/health/metrics" })).body;
       expect(metrics).toMatch(/lago_billing_database_errors_total\{where="ingest"\} [1-9]/);
-      relay.restore();
+      await relay.restore();
       const again = await down.app.inject({
         method: "POST",
         url: "/webhooks/usage",

@@ -1,58 +1,70 @@
 import { once } from "node:events";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 
-/** A TCP relay to PostgreSQL that a test can cut and restore, to take the database "down". */
+/**
+ * A TCP relay to PostgreSQL that a test can cut and restore, to take the database "down" the way a
+ * stopped server is down: open connections are killed and new ones are refused (ECONNREFUSED),
+ * because nothing listens on the port until restore().
+ */
 export class TcpProxy {
   readonly port: number;
-  readonly #server: Server;
+  readonly #targetHost: string;
+  readonly #targetPort: number;
   readonly #sockets = new Set<Socket>();
-  #up = true;
+  #server: Server | null = null;
 
-  private constructor(server: Server, port: number) {
-    this.#server = server;
+  private constructor(port: number, targetHost: string, targetPort: number) {
     this.port = port;
+    this.#targetHost = targetHost;
+    this.#targetPort = targetPort;
   }
 
   static async start(targetHost: string, targetPort: number): Promise<TcpProxy> {
-    let proxy: TcpProxy | undefined;
-    const server = createServer((client) => {
-      if (!proxy?.isUp) {
-        client.destroy();
-        return;
-      }
-      const upstream = createConnection(targetPort, targetHost);
-      proxy.#sockets.add(client).add(upstream);
-      client.pipe(upstream).pipe(client);
-      const close = () => {
-        client.destroy();
-        upstream.destroy();
-      };
-      client.on("error", close).on("close", close);
-      upstream.on("error", close).on("close", close);
-    });
-    server.listen(0, "127.0.0.1");
-    await once(server, "listening");
-    proxy = new TcpProxy(server, (server.address() as { port: number }).port);
+    const probe = createServer();
+    probe.listen(0, "127.0.0.1");
+    await once(probe, "listening");
+    const port = (probe.address() as { port: number }).port;
+    await new Promise((r) => probe.close(r));
+    const proxy = new TcpProxy(port, targetHost, targetPort);
+    await proxy.restore();
     return proxy;
   }
 
   get isUp(): boolean {
-    return this.#up;
+    return this.#server !== null;
   }
 
-  /** Refuses new connections and kills open ones. */
-  cut(): void {
-    this.#up = false;
+  /** Stops listening (new connections are refused) and kills open ones. */
+  async cut(): Promise<void> {
+    const server = this.#server;
+    this.#server = null;
     for (const s of this.#sockets) s.destroy();
     this.#sockets.clear();
+    if (server) await new Promise((r) => server.close(r));
   }
 
-  restore(): void {
-    this.#up = true;
+  /** Listens again on the same port. */
+  async restore(): Promise<void> {
+    if (this.#server) return;
+    const server = createServer((client) => {
+      const upstream = createConnection(this.#targetPort, this.#targetHost);
+      this.#sockets.add(client).add(upstream);
+      client.pipe(upstream).pipe(client);
+      const close = () => {
+        client.destroy();
+        upstream.destroy();
+        this.#sockets.delete(client);
+        this.#sockets.delete(upstream);
+      };
+      client.on("error", close).on("close", close);
+      upstream.on("error", close).on("close", close);
+    });
+    server.listen(this.port, "127.0.0.1");
+    await once(server, "listening");
+    this.#server = server;
   }
 
   async close(): Promise<void> {
-    this.cut();
-    await new Promise((r) => this.#server.close(r));
+    await this.cut();
   }
 }
