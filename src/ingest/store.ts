@@ -24,10 +24,16 @@ interface Job {
 }
 
 export interface LedgerOptions {
-  /** Transactions committing concurrently; each takes every request waiting at its start. */
+  /** Most transactions committing at once; each takes every request waiting at its start. */
   writers?: number;
   /** Most records one transaction takes from the queue. */
   maxRecordsPerCommit?: number;
+  /**
+   * Records that must be waiting before a transaction starts beside one already committing. Fewer
+   * wait for that commit and go in the next group: small transactions cost PostgreSQL about as much
+   * as large ones, so splitting a trickle of single-event posts over many writers only adds commits.
+   */
+  overlapAt?: number;
   mapEvents: (r: UsageRecord) => OutgoingEvent[];
   /** Called after a commit that created outgoing events (wakes the delivery worker). */
   onCommitted?: (outgoing: number) => void;
@@ -44,23 +50,29 @@ export class Ledger {
   readonly #opts: Required<Omit<LedgerOptions, "log" | "onCommitted">> &
     Pick<LedgerOptions, "log" | "onCommitted">;
   readonly #queue: Job[] = [];
+  #waiting = 0;
   #active = 0;
 
   constructor(sql: Sql, opts: LedgerOptions) {
     this.#sql = sql;
-    this.#opts = { writers: 4, maxRecordsPerCommit: 5000, ...opts };
+    this.#opts = { writers: 4, maxRecordsPerCommit: 5000, overlapAt: 50, ...opts };
   }
 
   /** Stores records (and rejected payloads, for the record); resolves with one outcome per record. */
   write(records: UsageRecord[], rejections: Rejection[] = []): Promise<Outcome[]> {
     return new Promise((resolve, reject) => {
       this.#queue.push({ records, rejections, resolve, reject });
+      this.#waiting += records.length;
       this.#pump();
     });
   }
 
   #pump(): void {
-    while (this.#active < this.#opts.writers && this.#queue.length > 0) {
+    while (
+      this.#active < this.#opts.writers &&
+      this.#queue.length > 0 &&
+      (this.#active === 0 || this.#waiting >= this.#opts.overlapAt)
+    ) {
       const jobs: Job[] = [];
       let n = 0;
       while (
@@ -71,6 +83,7 @@ export class Ledger {
         jobs.push(job);
         n += job.records.length;
       }
+      this.#waiting -= n;
       this.#active++;
       this.#commit(jobs)
         .catch((err: unknown) => {
@@ -101,64 +114,73 @@ export class Ledger {
       perJob.push(entries);
     }
     const rejections = jobs.flatMap((j) => j.rejections);
-    const { inserted, existing, outgoing } = await this.#sql.begin(async (tx) => {
-      const inserted = new Set<string>();
+    // The common case is one statement in its own implicit transaction: one round trip to PostgreSQL
+    // instead of three (BEGIN, INSERT, COMMIT). The statement is atomic: the ledger rows and their
+    // outgoing events commit together or not at all, before any caller is answered.
+    const inserted = new Set<string>();
+    if (rows.length > 0) {
       let outgoing = 0;
-      if (rows.length > 0) {
-        const res = await tx.unsafe<{ request_id: string; outgoing: number }[]>(
-          query("insert_usage"),
-          [JSON.stringify(rows), JSON.stringify(events)],
-          PREPARED,
-        );
-        for (const r of res) {
-          inserted.add(r.request_id);
-          outgoing = r.outgoing;
+      const res = await this.#sql.unsafe<{ request_id: string; outgoing: number }[]>(
+        query("insert_usage"),
+        [JSON.stringify(rows), JSON.stringify(events)],
+        PREPARED,
+      );
+      for (const r of res) {
+        inserted.add(r.request_id);
+        outgoing = r.outgoing;
+      }
+      if (outgoing > 0) this.#opts.onCommitted?.(outgoing);
+    }
+    // Repeated request ids (stored before, or twice in this commit) and rejected payloads take a
+    // second transaction, committed before anyone is answered. Its fresh snapshot sees the rows a
+    // concurrent commit stored while our insert waited on them. Should it fail, every caller gets the
+    // error, and a retry finds the first statement's rows stored: duplicates, not losses.
+    const missing = [...candidates.keys()].filter((id) => !inserted.has(id));
+    const existing = new Map<string, string>();
+    const repeats = missing.length > 0 || perJob.some((entries) => entries.some((e) => !e.first));
+    if (repeats || rejections.length > 0) {
+      await this.#sql.begin(async (tx) => {
+        if (missing.length > 0) {
+          const found = await tx.unsafe<{ request_id: string; fingerprint: string }[]>(
+            query("existing_fingerprints"),
+            [missing],
+            PREPARED,
+          );
+          for (const f of found) existing.set(f.request_id, f.fingerprint);
         }
-      }
-      const missing = [...candidates.keys()].filter((id) => !inserted.has(id));
-      const existing = new Map<string, string>();
-      if (missing.length > 0) {
-        const found = await tx.unsafe<{ request_id: string; fingerprint: string }[]>(
-          query("existing_fingerprints"),
-          [missing],
-          PREPARED,
-        );
-        for (const f of found) existing.set(f.request_id, f.fingerprint);
-      }
-      const conflicts: unknown[] = [];
-      for (const entries of perJob) {
-        for (const { record, fp, first } of entries) {
-          const stored =
-            first && inserted.has(record.requestId)
-              ? undefined
-              : (existing.get(record.requestId) ?? candidates.get(record.requestId)?.fp);
-          if (stored !== undefined && stored !== fp) {
-            conflicts.push({
-              request_id: record.requestId,
-              source: record.source,
-              existing_fingerprint: stored,
-              incoming_fingerprint: fp,
-              incoming: toRow(record, fp),
-            });
+        const conflicts: unknown[] = [];
+        for (const entries of perJob) {
+          for (const { record, fp, first } of entries) {
+            const stored =
+              first && inserted.has(record.requestId)
+                ? undefined
+                : (existing.get(record.requestId) ?? candidates.get(record.requestId)?.fp);
+            if (stored !== undefined && stored !== fp) {
+              conflicts.push({
+                request_id: record.requestId,
+                source: record.source,
+                existing_fingerprint: stored,
+                incoming_fingerprint: fp,
+                incoming: toRow(record, fp),
+              });
+            }
           }
         }
-      }
-      if (conflicts.length > 0) await tx.unsafe(query("insert_conflicts"), [JSON.stringify(conflicts)]);
-      if (rejections.length > 0) {
-        await tx.unsafe(query("insert_rejections"), [
-          JSON.stringify(
-            rejections.map((r) => ({
-              source: r.source,
-              request_id: r.requestId,
-              reason: r.reason,
-              payload: r.payload,
-            })),
-          ),
-        ]);
-      }
-      return { inserted, existing, outgoing };
-    });
-    if (outgoing > 0) this.#opts.onCommitted?.(outgoing);
+        if (conflicts.length > 0) await tx.unsafe(query("insert_conflicts"), [JSON.stringify(conflicts)]);
+        if (rejections.length > 0) {
+          await tx.unsafe(query("insert_rejections"), [
+            JSON.stringify(
+              rejections.map((r) => ({
+                source: r.source,
+                request_id: r.requestId,
+                reason: r.reason,
+                payload: r.payload,
+              })),
+            ),
+          ]);
+        }
+      });
+    }
     jobs.forEach((job, i) => {
       const outcomes = (perJob[i] ?? []).map(({ record, fp, first }): Outcome => {
         if (first && inserted.has(record.requestId)) return "accepted";
