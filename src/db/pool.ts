@@ -44,6 +44,7 @@ const NETWORK_CODES = new Set([
   "CONNECTION_CLOSED",
   "CONNECTION_ENDED",
   "CONNECTION_DESTROYED",
+  "WRITE_TIMEOUT", // the ledger gave up waiting for a commit
 ]);
 
 /** True when an error means the database is unreachable or busy, so the caller should retry later. */

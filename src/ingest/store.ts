@@ -34,6 +34,8 @@ export interface LedgerOptions {
    * as large ones, so splitting a trickle of single-event posts over many writers only adds commits.
    */
   overlapAt?: number;
+  /** How long a caller waits for its commit before it is told to retry (WRITE_TIMEOUT). */
+  writeTimeoutMs?: number;
   mapEvents: (r: UsageRecord) => OutgoingEvent[];
   /** Called after a commit that created outgoing events (wakes the delivery worker). */
   onCommitted?: (outgoing: number) => void;
@@ -55,13 +57,34 @@ export class Ledger {
 
   constructor(sql: Sql, opts: LedgerOptions) {
     this.#sql = sql;
-    this.#opts = { writers: 4, maxRecordsPerCommit: 5000, overlapAt: 50, ...opts };
+    this.#opts = { writers: 4, maxRecordsPerCommit: 5000, overlapAt: 50, writeTimeoutMs: 8000, ...opts };
   }
 
-  /** Stores records (and rejected payloads, for the record); resolves with one outcome per record. */
+  /**
+   * Stores records (and rejected payloads, for the record); resolves with one outcome per record.
+   * Rejects with code WRITE_TIMEOUT (a 503 for the sender) when no commit came within
+   * writeTimeoutMs: postgres.js queues queries while it cannot connect, e.g. behind a proxy that
+   * accepts and drops connections, and a sender must not hang on it. The write may still commit
+   * later; the sender's retry then counts as a duplicate, never as a second row.
+   */
   write(records: UsageRecord[], rejections: Rejection[] = []): Promise<Outcome[]> {
     return new Promise((resolve, reject) => {
-      this.#queue.push({ records, rejections, resolve, reject });
+      const timer = setTimeout(
+        () =>
+          reject(
+            Object.assign(new Error(`no commit within ${this.#opts.writeTimeoutMs} ms`), {
+              code: "WRITE_TIMEOUT",
+            }),
+          ),
+        this.#opts.writeTimeoutMs,
+      );
+      const settle =
+        <T>(f: (v: T) => void) =>
+        (v: T) => {
+          clearTimeout(timer);
+          f(v);
+        };
+      this.#queue.push({ records, rejections, resolve: settle(resolve), reject: settle(reject) });
       this.#waiting += records.length;
       this.#pump();
     });

@@ -1,4 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { openPool } from "../../src/db/pool.ts";
+import { Ledger } from "../../src/ingest/store.ts";
+import { fromUsageEvent, type UsageEvent } from "../../src/ingest/usage-api.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
 import { AUTH, startService, type TestService, usageEvent } from "../support/service.ts";
 import { TcpProxy } from "../support/tcp-proxy.ts";
@@ -240,6 +243,34 @@ describe("database down", () => {
       expect(n?.n).toBe(1);
     } finally {
       await down.close();
+      await relay.close();
+    }
+  });
+});
+
+describe("database behind a proxy that drops connections", () => {
+  it("tells the sender to retry within the write timeout, and the retry after recovery is a duplicate", async () => {
+    const u = new URL(db.url);
+    const relay = await TcpProxy.start(u.hostname, Number(u.port || 5432));
+    u.port = String(relay.port);
+    const sql = openPool(u.toString(), { max: 2 });
+    const ledger = new Ledger(sql, { mapEvents: () => [], writeTimeoutMs: 500 });
+    try {
+      await ledger.write([fromUsageEvent(usageEvent() as unknown as UsageEvent)]);
+      await relay.drop();
+      // The connection that was open fails at once (CONNECTION_CLOSED); later ones would wait forever.
+      await expect(ledger.write([fromUsageEvent(usageEvent() as unknown as UsageEvent)])).rejects.toThrow();
+      const record = fromUsageEvent(usageEvent() as unknown as UsageEvent);
+      await expect(ledger.write([record])).rejects.toMatchObject({ code: "WRITE_TIMEOUT" });
+      await relay.restore();
+      // The timed-out write was queued, not lost: it commits after recovery; the retry is a duplicate.
+      const retry = await ledger.write([record]);
+      expect(["accepted", "duplicate"]).toContain(retry[0]);
+      const [n] =
+        await db.sql`SELECT count(*)::int AS n FROM usage_events WHERE request_id = ${record.requestId}`;
+      expect(n?.n).toBe(1);
+    } finally {
+      await sql.end({ timeout: 1 });
       await relay.close();
     }
   });

@@ -12,6 +12,7 @@ export class TcpProxy {
   readonly #targetPort: number;
   readonly #sockets = new Set<Socket>();
   #server: Server | null = null;
+  #dropping = false;
 
   private constructor(port: number, targetHost: string, targetPort: number) {
     this.port = port;
@@ -43,10 +44,26 @@ export class TcpProxy {
     if (server) await new Promise((r) => server.close(r));
   }
 
-  /** Listens again on the same port. */
+  /**
+   * Keeps listening but kills open connections and drops every new one right after accepting it,
+   * like a TCP load balancer in front of a dead PostgreSQL.
+   */
+  async drop(): Promise<void> {
+    await this.restore();
+    this.#dropping = true;
+    for (const s of this.#sockets) s.destroy();
+    this.#sockets.clear();
+  }
+
+  /** Listens again on the same port and relays again. */
   async restore(): Promise<void> {
+    this.#dropping = false;
     if (this.#server) return;
     const server = createServer((client) => {
+      if (this.#dropping) {
+        client.destroy();
+        return;
+      }
       const upstream = createConnection(this.#targetPort, this.#targetHost);
       this.#sockets.add(client).add(upstream);
       client.pipe(upstream).pipe(client);
