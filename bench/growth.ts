@@ -48,7 +48,6 @@ async function main() {
       "ingest batch ev/s",
       "ingest single ev/s",
       "delivery ev/s",
-      "claim+settle ms/batch",
     ],
   ];
   const port = await freePort();
