@@ -9,17 +9,16 @@ import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import postgres from "postgres";
 import {
-  cpuSeconds,
   createDatabase,
   fmt,
   machineBusySeconds,
   machineInfo,
-  postgresCpuSeconds,
   startLagoDouble,
   startService,
   table,
   waitFor,
 } from "./harness.ts";
+import { postgresCpuSeconds, treeCpuSeconds } from "./lib.ts";
 import { saveResult } from "./results.ts";
 
 const { values } = parseArgs({
@@ -59,7 +58,7 @@ async function runCase(c: Case) {
     ]);
     await sql`VACUUM ANALYZE lago_events`;
     const events = calls * 2;
-    const cpu0 = { p: postgresCpuSeconds(), m: machineBusySeconds() };
+    const cpu0 = { p: postgresCpuSeconds(db.name), m: machineBusySeconds() };
     const started = performance.now();
     const worker = startService(["worker"], {
       DATABASE_URL: db.url,
@@ -68,7 +67,7 @@ async function runCase(c: Case) {
       ...c.env,
     });
     const lagoPid = lago.proc.child.pid as number;
-    const lagoCpu0 = cpuSeconds(lagoPid);
+    const lagoCpu0 = treeCpuSeconds(lagoPid);
     await waitFor(
       async () => (await sql`SELECT count(*)::int AS n FROM lago_events WHERE state = 'pending'`)[0]?.n === 0,
       "all delivered",
@@ -79,11 +78,11 @@ async function runCase(c: Case) {
     const [w] = await sql`SELECT extract(epoch FROM (SELECT max(settled_at) FROM lago_events)
       - (SELECT min(sent_at - make_interval(secs => duration_ms / 1000.0)) FROM webhook_logs))::float8 AS s`;
     const elapsed = w?.s ?? wall;
-    const workerCpu = cpuSeconds(worker.child.pid as number);
+    const workerCpu = treeCpuSeconds(worker.child.pid as number);
     const cpu = {
       worker: workerCpu,
-      postgres: postgresCpuSeconds() - cpu0.p,
-      lago: cpuSeconds(lagoPid) - lagoCpu0,
+      postgres: postgresCpuSeconds(db.name) - cpu0.p,
+      lago: treeCpuSeconds(lagoPid) - lagoCpu0,
       machine: machineBusySeconds() - cpu0.m,
     };
     await worker.stop();

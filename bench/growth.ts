@@ -84,9 +84,9 @@ async function main() {
       await waitHealthy(`http://127.0.0.1:${port}/health/ready`, svc);
       const pool = new Pool(`http://127.0.0.1:${port}`, { connections: 32 });
       const pid = svc.child.pid as number;
-      await httpCase("warm-up", pool, pid, 4, 100, 1);
-      const batch = await httpCase("batch", pool, pid, 4, 1000, seconds);
-      const single = await httpCase("single", pool, pid, 16, null, seconds);
+      await httpCase("warm-up", pool, pid, db.name, 4, 100, 1);
+      const batch = await httpCase("batch", pool, pid, db.name, 4, 1000, seconds);
+      const single = await httpCase("single", pool, pid, db.name, 16, null, seconds);
       await pool.close();
       await svc.stop();
 

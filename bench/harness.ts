@@ -1,8 +1,8 @@
 /**
  * Shared pieces of the ingest, delivery and growth benchmarks: a fresh database, the service as
- * its own OS process, seeding with SQL, percentiles, CPU seconds per process group.
+ * its own OS process, seeding with SQL, percentiles (CPU time comes from lib.ts).
  */
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
 import { readFileSync } from "node:fs";
 import { createServer } from "node:net";
@@ -180,38 +180,6 @@ export function startService(args: string[], env: Record<string, string>): Child
 export function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return Number.NaN;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number;
-}
-
-/** CPU seconds (user + system) used so far by a process and its descendants. */
-export function cpuSeconds(pid: number): number {
-  const tick = 100;
-  let total = 0;
-  const walk = (p: number) => {
-    try {
-      const stat = readFileSync(`/proc/${p}/stat`, "utf8");
-      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      total += (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / tick;
-      const kids = readFileSync(`/proc/${p}/task/${p}/children`, "utf8").trim();
-      for (const k of kids ? kids.split(" ") : []) walk(Number(k));
-    } catch {
-      // the process ended
-    }
-  };
-  walk(pid);
-  return total;
-}
-
-/** CPU seconds used by all PostgreSQL server processes (backends, WAL writer, checkpointer...). */
-export function postgresCpuSeconds(): number {
-  try {
-    const pids = execFileSync("pgrep", ["-u", "postgres"], { encoding: "utf8" })
-      .trim()
-      .split("\n")
-      .map(Number);
-    return pids.reduce((s, p) => s + cpuSeconds(p), 0);
-  } catch {
-    return Number.NaN;
-  }
 }
 
 /** Busy CPU seconds of the whole machine, from /proc/stat. */

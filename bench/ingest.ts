@@ -15,11 +15,11 @@ import {
   machineBusySeconds,
   machineInfo,
   percentile,
-  postgresCpuSeconds,
   startService,
   table,
   waitHealthy,
 } from "./harness.ts";
+import { postgresCpuSeconds } from "./lib.ts";
 import { type CaseResult, event, httpCase, now } from "./load.ts";
 import { saveResult } from "./results.ts";
 
@@ -29,11 +29,14 @@ const { values } = parseArgs({
 const seconds = values.smoke ? 1 : Number(values.seconds);
 
 /** The limit: the same rows straight into the same tables, 1000 calls per INSERT, 4 connections. */
-async function rawInsertCase(url: string): Promise<CaseResult> {
+async function rawInsertCase(url: string, database: string): Promise<CaseResult> {
   const sql = postgres(url, { max: 4, onnotice: () => {} });
   const latencies: number[] = [];
   let events = 0;
-  const cpu0 = { p: postgresCpuSeconds(), l: process.cpuUsage(), m: machineBusySeconds() };
+  // Open the 4 connections before the first CPU sample and read the last one before closing them:
+  // PostgreSQL's CPU is read per backend process.
+  await Promise.all(Array.from({ length: 4 }, () => sql.begin((tx) => tx`SELECT pg_sleep(0.05)`)));
+  const cpu0 = { p: postgresCpuSeconds(database), l: process.cpuUsage(), m: machineBusySeconds() };
   const started = performance.now();
   const deadline = started + seconds * 1000;
   const worker = async () => {
@@ -64,6 +67,7 @@ async function rawInsertCase(url: string): Promise<CaseResult> {
   };
   await Promise.all(Array.from({ length: 4 }, worker));
   const elapsed = (performance.now() - started) / 1000;
+  const postgresCpu = postgresCpuSeconds(database) - cpu0.p;
   await sql.end();
   const l = process.cpuUsage(cpu0.l);
   return {
@@ -74,7 +78,7 @@ async function rawInsertCase(url: string): Promise<CaseResult> {
     errors: 0,
     cpu: {
       service: 0,
-      postgres: postgresCpuSeconds() - cpu0.p,
+      postgres: postgresCpu,
       loadgen: (l.user + l.system) / 1e6,
       machine: machineBusySeconds() - cpu0.m,
     },
@@ -93,12 +97,12 @@ async function main() {
     const pool = new Pool(`http://127.0.0.1:${port}`, { connections: 64, pipelining: 1 });
     const pid = svc.child.pid as number;
     const results: CaseResult[] = [];
-    const warm = await httpCase("warm-up", pool, pid, 8, 100, Math.min(seconds, 3));
-    results.push(await rawInsertCase(db.url));
+    const warm = await httpCase("warm-up", pool, pid, db.name, 8, 100, Math.min(seconds, 3));
+    results.push(await rawInsertCase(db.url, db.name));
     for (const c of [1, 16, 64])
-      results.push(await httpCase(`single, ${c} clients`, pool, pid, c, null, seconds));
-    results.push(await httpCase("batch of 100, 4 clients", pool, pid, 4, 100, seconds));
-    results.push(await httpCase("batch of 1000, 4 clients", pool, pid, 4, 1000, seconds));
+      results.push(await httpCase(`single, ${c} clients`, pool, pid, db.name, c, null, seconds));
+    results.push(await httpCase("batch of 100, 4 clients", pool, pid, db.name, 4, 100, seconds));
+    results.push(await httpCase("batch of 1000, 4 clients", pool, pid, db.name, 4, 1000, seconds));
     await pool.close();
     const limit = (results[0] as CaseResult).events / (results[0] as CaseResult).seconds;
     const sql = postgres(db.url, { max: 1, onnotice: () => {} });

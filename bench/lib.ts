@@ -251,6 +251,15 @@ export function postgresPids(database: string): number[] {
   return out;
 }
 
+/**
+ * CPU seconds (own time) of the PostgreSQL processes serving `database`, each counted once. A backend
+ * that connects or exits between two samples is missing from one of them, so measure with pools that
+ * stay connected.
+ */
+export function postgresCpuSeconds(database: string): number {
+  return pidsCpuSeconds(postgresPids(database));
+}
+
 /** Named groups of processes whose CPU time can be sampled together. */
 export type CpuGroups = Record<string, () => number>;
 

@@ -1,6 +1,7 @@
 /** The HTTP load generator shared by the ingest and growth benchmarks. */
 import type { Pool } from "undici";
-import { cpuSeconds, machineBusySeconds, postgresCpuSeconds, SECRET } from "./harness.ts";
+import { machineBusySeconds, SECRET } from "./harness.ts";
+import { postgresCpuSeconds, treeCpuSeconds } from "./lib.ts";
 
 let seq = 0;
 const runId = Date.now().toString(36);
@@ -36,6 +37,7 @@ export async function httpCase(
   name: string,
   pool: Pool,
   servicePid: number,
+  database: string,
   clients: number,
   batch: number | null,
   seconds: number,
@@ -44,8 +46,8 @@ export async function httpCase(
   let events = 0;
   let errors = 0;
   const cpu0 = {
-    s: cpuSeconds(servicePid),
-    p: postgresCpuSeconds(),
+    s: treeCpuSeconds(servicePid),
+    p: postgresCpuSeconds(database),
     l: process.cpuUsage(),
     m: machineBusySeconds(),
   };
@@ -80,8 +82,8 @@ export async function httpCase(
     latencies: latencies.sort((a, b) => a - b),
     errors,
     cpu: {
-      service: cpuSeconds(servicePid) - cpu0.s,
-      postgres: postgresCpuSeconds() - cpu0.p,
+      service: treeCpuSeconds(servicePid) - cpu0.s,
+      postgres: postgresCpuSeconds(database) - cpu0.p,
       loadgen: (l.user + l.system) / 1e6,
       machine: machineBusySeconds() - cpu0.m,
     },
