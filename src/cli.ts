@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Command, InvalidArgumentError } from "commander";
 import type { Logger } from "pino";
+import { isoTime, settingsOrExit, withService } from "./cli-support.ts";
 import { registerCompletenessCommands } from "./completeness/cli.ts";
 import { startReconciler } from "./completeness/reconciler.ts";
 import { migrate } from "./db/migrate.ts";
@@ -10,32 +11,13 @@ import { createLogger } from "./logger.ts";
 import { type ParkedState, reprocess } from "./operations/reprocess.ts";
 import { collectStats } from "./operations/stats.ts";
 import { createService, type Service } from "./service.ts";
-import { loadSettings, type Settings, SettingsError } from "./settings.ts";
-
-function settingsOrExit(): Settings {
-  try {
-    return loadSettings();
-  } catch (err) {
-    if (err instanceof SettingsError) {
-      process.stderr.write(`webhook-service: configuration error: ${err.message}\n`);
-      process.exit(2);
-    }
-    throw err;
-  }
-}
+import type { Settings } from "./settings.ts";
 
 function port(v: string): number {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 0 || n > 65535)
     throw new InvalidArgumentError("must be a port number 0-65535");
   return n;
-}
-
-function isoTime(v: string): Date {
-  const d = new Date(v);
-  if (Number.isNaN(d.getTime()))
-    throw new InvalidArgumentError("must be an ISO 8601 time, e.g. 2026-11-01T00:00:00Z");
-  return d;
 }
 
 async function migrateOrExit(settings: Settings, log: Logger): Promise<void> {
@@ -73,13 +55,6 @@ function onShutdown(log: Logger, close: () => Promise<void>): void {
   };
   process.on("SIGTERM", () => handler("SIGTERM"));
   process.on("SIGINT", () => handler("SIGINT"));
-}
-
-function withService<T>(fn: (service: Service) => Promise<T>): Promise<T> {
-  const settings = settingsOrExit();
-  const log = createLogger(process.env.LOG_LEVEL ?? "warn");
-  const service = createService(settings, log, { worker: false });
-  return fn(service).finally(() => service.close());
 }
 
 const program = new Command()
@@ -207,7 +182,7 @@ function startHousekeeping(service: Service): void {
   }
 }
 
-registerCompletenessCommands(program, { withService });
+registerCompletenessCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`webhook-service: ${(err as Error).message}\n`);

@@ -1,7 +1,6 @@
 import { type Command, InvalidArgumentError } from "commander";
-import { createLogger } from "../logger.ts";
-import { createService, type Service } from "../service.ts";
-import { loadSettings, SettingsError } from "../settings.ts";
+import { isoTime, withService } from "../cli-support.ts";
+import type { Service } from "../service.ts";
 import { type BackfillProgress, type BackfillSummary, backfill } from "./backfill.ts";
 import { type DriftReport, drift } from "./drift.ts";
 import { addCustomer, LagoSetupError, lagoSetup, type SetupResult } from "./lago-setup.ts";
@@ -15,29 +14,6 @@ export interface CompletenessDeps {
   withService?: <T>(fn: (service: Service) => Promise<T>) => Promise<T>;
   stdout?: NodeJS.WritableStream & { isTTY?: boolean };
   stderr?: NodeJS.WritableStream & { isTTY?: boolean };
-}
-
-/** A service for one command: settings errors exit 2 with the variable to fix, as `serve` does. */
-export function withService<T>(fn: (service: Service) => Promise<T>): Promise<T> {
-  let settings: ReturnType<typeof loadSettings>;
-  try {
-    settings = loadSettings();
-  } catch (err) {
-    if (err instanceof SettingsError) {
-      process.stderr.write(`webhook-service: configuration error: ${err.message}\n`);
-      process.exit(2);
-    }
-    throw err;
-  }
-  const service = createService(settings, createLogger(process.env.LOG_LEVEL ?? "warn"), { worker: false });
-  return fn(service).finally(() => service.close());
-}
-
-function isoTime(v: string): Date {
-  const d = new Date(v);
-  if (Number.isNaN(d.getTime()))
-    throw new InvalidArgumentError("must be an ISO 8601 time, e.g. 2026-11-01T00:00:00Z");
-  return d;
 }
 
 function percent(v: string): number {
