@@ -25,7 +25,8 @@ import { loadavg } from "node:os";
 import { parseArgs } from "node:util";
 import pg from "pg";
 import postgres from "postgres";
-import { createDatabase, fmt, machineInfo, percentile, table } from "./harness.ts";
+import { createDatabase, fmt, machineInfo, table } from "./harness.ts";
+import { sortedPercentile } from "./lib.ts";
 import { saveResult } from "./results.ts";
 
 const { values } = parseArgs({
@@ -391,8 +392,8 @@ async function main() {
         cpu,
         cpuPerRow: (cpu / Math.max(1, rows)) * 1e6,
         spread: ((Math.max(...rates) - Math.min(...rates)) / mean) * 100,
-        p50: percentile(lat, 50),
-        p99: percentile(lat, 99),
+        p50: sortedPercentile(lat, 50),
+        p99: sortedPercentile(lat, 99),
       };
     };
     const head = [

@@ -1,6 +1,6 @@
 /**
  * Shared pieces of the ingest, delivery and growth benchmarks: a fresh database, the service as
- * its own OS process, seeding with SQL, percentiles (CPU time comes from lib.ts).
+ * its own OS process, seeding with SQL (percentiles and CPU time come from lib.ts).
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
@@ -175,11 +175,6 @@ export async function startLagoDouble(opts: { latencyMs: number; rateLimit?: num
 /** Runs `node dist/cli.js <args>` as its own process. */
 export function startService(args: string[], env: Record<string, string>): Child {
   return spawnChild(process.execPath, ["dist/cli.js", ...args], { WEBHOOK_SECRET: SECRET, ...env });
-}
-
-export function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return Number.NaN;
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number;
 }
 
 /** Busy CPU seconds of the whole machine, from /proc/stat. */

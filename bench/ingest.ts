@@ -14,12 +14,11 @@ import {
   freePort,
   machineBusySeconds,
   machineInfo,
-  percentile,
   startService,
   table,
   waitHealthy,
 } from "./harness.ts";
-import { postgresCpuSeconds } from "./lib.ts";
+import { postgresCpuSeconds, sortedPercentile } from "./lib.ts";
 import { type CaseResult, event, httpCase, now } from "./load.ts";
 import { saveResult } from "./results.ts";
 
@@ -131,8 +130,8 @@ async function main() {
         r.name,
         fmt(rate),
         `${fmt((rate / limit) * 100)} %`,
-        fmt(percentile(r.latencies, 50), 1),
-        fmt(percentile(r.latencies, 99), 1),
+        fmt(sortedPercentile(r.latencies, 50), 1),
+        fmt(sortedPercentile(r.latencies, 99), 1),
         r.errors,
         per(r.cpu.service),
         per(r.cpu.postgres),
