@@ -14,6 +14,7 @@ PYTHON="${PYTHON:-python3}"
 VENV="${LITELLM_VENV:-$ROOT/.venv/litellm}"
 REQ_TXT="$ROOT/proxy/requirements.txt"
 REQ_LOCK="$ROOT/proxy/requirements.lock"
+PIP_LOCK="$ROOT/proxy/pip.lock"
 STAMP="$VENV/.requirements.sha256"
 PIP_LOG="$VENV/pip-install.log"
 
@@ -46,7 +47,7 @@ if [[ -f "$REQ_LOCK" ]]; then
   grep -qE "^litellm==${PIN//./\\.}([[:space:]]|$)" "$REQ_LOCK" \
     || die "$REQ_LOCK does not pin litellm==$PIN; regenerate it (command in its header)"
   REQ_INSTALL=(--require-hashes -r "$REQ_LOCK")
-  REQ_FILES=("$REQ_TXT" "$REQ_LOCK")
+  REQ_FILES=("$REQ_TXT" "$PIP_LOCK" "$REQ_LOCK")
 else
   REQ_INSTALL=(-r "$REQ_TXT")
   REQ_FILES=("$REQ_TXT")
@@ -103,9 +104,15 @@ fi
 say "installing litellm $PIN into $VENV (was: ${current:-none}; from $(basename "${REQ_FILES[-1]}")); log: $PIP_LOG"
 rm -f "$STAMP"
 start=$SECONDS
+# A pinned, hash-checked pip first (see proxy/pip.lock for why the bundled one is not enough).
+if [[ -f "$PIP_LOCK" ]] && ! "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input \
+  --quiet --require-hashes -r "$PIP_LOCK" >"$PIP_LOG" 2>&1; then
+  grep -v 'is ignored: it is neither a file nor a directory' "$PIP_LOG" | tail -n 40 >&2 || true
+  die "could not install the pinned pip (full log: $PIP_LOG)"
+fi
 # pip's own output goes to a log so the normal case stays quiet; it is shown when pip fails.
 if ! "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input --quiet \
-  "${REQ_INSTALL[@]}" >"$PIP_LOG" 2>&1; then
+  "${REQ_INSTALL[@]}" >>"$PIP_LOG" 2>&1; then
   # This machine's pip config lists optional local indexes that are absent; hide that noise.
   grep -v 'is ignored: it is neither a file nor a directory' "$PIP_LOG" | tail -n 40 >&2 || true
   die "pip install failed (full log: $PIP_LOG)"
