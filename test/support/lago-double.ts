@@ -6,15 +6,31 @@
  * dedupe forever with NULL subscriptions never deduplicated, Unix-seconds timestamps, 401/403/429)
  * and adds fault injection and inspection helpers.
  *
- * Like real Lago, events for an unknown (or missing) subscription or an unknown metric code get 200
- * and are silently unbilled: use eventsWithUnknownSubscription() / eventsWithUnknownCode() to assert
- * that a sender never sent blind.
+ * Like real Lago, events for an unknown (or missing) subscription, an unknown metric code, or a
+ * timestamp outside every span of the subscription (before started_at, after terminated_at) get 200
+ * and are silently unbilled: use unbilledEvents() (or eventsWithUnknownSubscription() /
+ * eventsWithUnknownCode()) to assert that a sender never sent blind.
+ *
+ * Configurable to each real mode of Lago (each named after the Lago source it follows, see
+ * test/unit/lago-double.test.ts):
+ *   eventStore "postgres" (default): duplicates are 422 value_already_exist, reported only when every
+ *     event of the batch is valid (app/services/events/create_batch_service.rb checks them in the insert);
+ *   eventStore "clickhouse": nothing is checked on arrival, duplicates get 200 and are stored again;
+ *     billedEvents() dedupes at query time on (code, subscription, transaction_id, timestamp);
+ *   batchMax: LAGO_EVENTS_BATCH_MAX_LENGTH (too_many_events above it);
+ *   subscriptions with status, started_at, terminated_at; GET /subscriptions/:id finds only active
+ *     ones unless ?status= says otherwise (app/controllers/api/v1/subscriptions_controller.rb);
+ *   rateLimitHeaders "cloud" (X-RateLimit-Reset in seconds), "none" (self-hosted: a bare 429),
+ *     "epoch" (a proxy's X-RateLimit-Reset as a Unix time), "retry-after" (a proxy's Retry-After);
+ *   loseResponses(n): the next n event requests are processed and stored, then the connection is
+ *     dropped before the answer (a sender must resend, and must not double-bill).
  *
  * Standalone:
  *   node test/support/lago-double.ts --port 0 --api-key K --latency-ms 20 --rate-limit 500 --batch-max 100
  * prints one line `{"url":"http://127.0.0.1:PORT"}` once listening. Control API (no auth):
- *   POST /__control {mode?, latencyMs?, rateLimitPerSecond?, apiKey?, forbid?, batchMax?,
- *                    failNext?: {n, status}, reset?: true, resetEntities?: true}
+ *   POST /__control {mode?, latencyMs?, rateLimitPerSecond?, apiKey?, forbid?, batchMax?, eventStore?,
+ *                    rateLimitHeaders?, failNext?: {n, status}, loseResponses?: n, reset?: true,
+ *                    resetEntities?: true}
  *   GET  /__stats   counters (see LagoDouble.stats())
  *   GET  /__events  all stored events
  */
@@ -31,6 +47,10 @@ import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 
 export type LagoMode = "ok" | "error500" | "reset" | "hang";
+/** Where a Lago organisation stores events: the default PostgreSQL store, or ClickHouse (high volume). */
+export type EventStore = "postgres" | "clickhouse";
+/** What a 429 carries: Lago Cloud's headers, none (self-hosted), or what a proxy in front may send. */
+export type RateLimitHeaders = "cloud" | "none" | "epoch" | "retry-after";
 
 export interface LagoDoubleOptions {
   port?: number;
@@ -40,6 +60,8 @@ export interface LagoDoubleOptions {
   batchMax?: number;
   /** Requests per second accepted on the event ingestion endpoints; null/0/undefined = unlimited. */
   rateLimitPerSecond?: number | null;
+  eventStore?: EventStore;
+  rateLimitHeaders?: RateLimitHeaders;
 }
 
 export interface StoredEvent {
@@ -127,6 +149,8 @@ export interface PlanRecord {
 
 export interface LagoStats {
   mode: LagoMode;
+  eventStore: EventStore;
+  batchMax: number;
   latencyMs: number;
   rateLimitPerSecond: number | null;
   forbidden: boolean;
@@ -148,6 +172,9 @@ export interface LagoStats {
   acceptedTwice: number;
   eventsWithUnknownSubscription: number;
   eventsWithoutSubscription: number;
+  /** Stored events Lago would never bill: no (matching) subscription span, or an unknown code. */
+  unbilled: number;
+  responsesLost: number;
 }
 
 type Json = Record<string, unknown>;
@@ -176,10 +203,12 @@ const EVENT_PATHS = new Set(["/api/v1/events", "/api/v1/events/batch"]);
 class HttpError extends Error {
   readonly status: number;
   readonly body: Json;
-  constructor(status: number, body: Json) {
+  readonly headers: Record<string, string> | undefined;
+  constructor(status: number, body: Json, headers?: Record<string, string>) {
     super(`HTTP ${status}`);
     this.status = status;
     this.body = body;
+    this.headers = headers;
   }
 }
 
@@ -236,6 +265,8 @@ export class LagoDouble {
   latencyMs: number;
   batchMax: number;
   rateLimitPerSecond: number | null;
+  eventStore: EventStore;
+  rateLimitHeaderStyle: RateLimitHeaders;
 
   /** Stored events, in acceptance order. */
   readonly events: StoredEvent[] = [];
@@ -251,9 +282,13 @@ export class LagoDouble {
   count429 = 0;
   injectedFailures = 0;
   resets = 0;
+  responsesLost = 0;
 
   readonly customers = new Map<string, CustomerRecord>();
+  /** The current subscription per external id: active or pending if there is one, else the latest. */
   readonly subscriptions = new Map<string, SubscriptionRecord>();
+  /** Every subscription ever created, terminated ones included (an external id can be reused). */
+  readonly allSubscriptions: SubscriptionRecord[] = [];
   readonly billableMetrics = new Map<string, BillableMetricRecord>();
   readonly plans = new Map<string, PlanRecord>();
 
@@ -262,6 +297,8 @@ export class LagoDouble {
   private forbidden = false;
   private failNextCount = 0;
   private failNextStatus = 500;
+  private loseNextCount = 0;
+  private failNextHeaders: Record<string, string> | undefined;
   private windowStart = 0;
   private windowCount = 0;
   private closed = false;
@@ -281,6 +318,8 @@ export class LagoDouble {
     this.latencyMs = opts.latencyMs ?? 0;
     this.batchMax = opts.batchMax ?? 100;
     this.rateLimitPerSecond = opts.rateLimitPerSecond ?? null;
+    this.eventStore = opts.eventStore ?? "postgres";
+    this.rateLimitHeaderStyle = opts.rateLimitHeaders ?? "cloud";
   }
 
   static async start(opts: LagoDoubleOptions = {}): Promise<LagoDouble> {
@@ -326,10 +365,22 @@ export class LagoDouble {
     if (mode !== "hang") this.releaseHung();
   }
 
-  /** The next `n` event requests (POST /api/v1/events[/batch]) answer `status` with a JSON body. */
-  failNext(n: number, status = 500): void {
+  /**
+   * The next `n` event requests (POST /api/v1/events[/batch]) answer `status` with a JSON body, and
+   * `headers` when given (a 429 otherwise gets the rateLimitHeaders style's headers).
+   */
+  failNext(n: number, status = 500, headers?: Record<string, string>): void {
     this.failNextCount = n;
     this.failNextStatus = status;
+    this.failNextHeaders = headers;
+  }
+
+  /**
+   * The next `n` event requests are processed (and their events stored) as usual, then the connection
+   * is destroyed before the answer is written: the sender sees a socket error and must resend.
+   */
+  loseResponses(n: number): void {
+    this.loseNextCount = n;
   }
 
   setApiKey(key: string): void {
@@ -365,6 +416,49 @@ export class LagoDouble {
     );
   }
 
+  /**
+   * The subscription that bills an event, as Lago matches it (app/models/event.rb#subscription):
+   * same external id, started_at <= timestamp, not terminated before it; the latest such one.
+   */
+  billingSubscription(
+    e: Pick<StoredEvent, "external_subscription_id" | "timestamp">,
+  ): SubscriptionRecord | undefined {
+    if (e.external_subscription_id === null) return undefined;
+    const t = Math.round(e.timestamp * 1000);
+    return this.allSubscriptions
+      .filter(
+        (s) =>
+          s.external_id === e.external_subscription_id &&
+          s.started_at !== null &&
+          Date.parse(s.started_at) <= t &&
+          (s.terminated_at === null || Date.parse(s.terminated_at) >= t),
+      )
+      .sort((a, b) => Date.parse(b.started_at ?? "") - Date.parse(a.started_at ?? ""))[0];
+  }
+
+  /** Stored events Lago would never bill: unknown code, or no subscription span covering the timestamp. */
+  unbilledEvents(): StoredEvent[] {
+    return this.events.filter((e) => !this.billableMetrics.has(e.code) || !this.billingSubscription(e));
+  }
+
+  /**
+   * The events Lago bills, after its query-time dedupe: with the ClickHouse store the same
+   * (code, subscription, transaction_id) counts once only when the timestamp is the same too, so a
+   * resend with another timestamp is billed twice (app/models/clickhouse/events_enriched... dedupe).
+   */
+  billedEvents(): StoredEvent[] {
+    const seen = new Set<string>();
+    const out: StoredEvent[] = [];
+    for (const e of this.events) {
+      if (!this.billableMetrics.has(e.code) || !this.billingSubscription(e)) continue;
+      const key = `${e.code}\u0000${e.external_subscription_id}\u0000${e.transaction_id}\u0000${e.timestamp}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      out.push(e);
+    }
+    return out;
+  }
+
   /** Stored events whose code matches no billable metric (real Lago: silently unbilled). */
   eventsWithUnknownCode(): StoredEvent[] {
     return this.events.filter((e) => !this.billableMetrics.has(e.code));
@@ -381,6 +475,8 @@ export class LagoDouble {
     }
     return {
       mode: this.modeValue,
+      eventStore: this.eventStore,
+      batchMax: this.batchMax,
       latencyMs: this.latencyMs,
       rateLimitPerSecond: this.rateLimitPerSecond,
       forbidden: this.forbidden,
@@ -400,6 +496,8 @@ export class LagoDouble {
       acceptedTwice: this.acceptedTwiceCount,
       eventsWithUnknownSubscription: unknownSub,
       eventsWithoutSubscription: withoutSub,
+      unbilled: this.unbilledEvents().length,
+      responsesLost: this.responsesLost,
     };
   }
 
@@ -420,6 +518,8 @@ export class LagoDouble {
     this.count429 = 0;
     this.injectedFailures = 0;
     this.resets = 0;
+    this.responsesLost = 0;
+    this.loseNextCount = 0;
     this.dedupe.clear();
     this.txCounts.clear();
     this.keyCounts.clear();
@@ -433,6 +533,7 @@ export class LagoDouble {
     if (opts.entities) {
       this.customers.clear();
       this.subscriptions.clear();
+      this.allSubscriptions.length = 0;
       this.billableMetrics.clear();
       this.plans.clear();
     }
@@ -440,8 +541,16 @@ export class LagoDouble {
 
   // ---------------------------------------------------------------- test helpers (no HTTP)
 
-  /** Creates (or returns) an active subscription; creates the customer and the plan if missing. */
-  addSubscription(externalId: string, customerId: string, planCode = "default-plan"): SubscriptionRecord {
+  /**
+   * Creates (or returns) a subscription; creates the customer and the plan if missing. Active since
+   * 1970 unless `subscriptionAt` says otherwise (in the future: pending, as Lago does).
+   */
+  addSubscription(
+    externalId: string,
+    customerId: string,
+    planCode = "default-plan",
+    opts: { subscriptionAt?: Date } = {},
+  ): SubscriptionRecord {
     if (!this.plans.has(planCode)) {
       this.createPlan({
         name: planCode,
@@ -455,18 +564,46 @@ export class LagoDouble {
       external_id: externalId,
       external_customer_id: customerId,
       plan_code: planCode,
-      subscription_at: new Date(0).toISOString(),
+      subscription_at: (opts.subscriptionAt ?? new Date(0)).toISOString(),
     });
   }
 
-  /** Marks a subscription terminated (as DELETE /api/v1/subscriptions/:id does). */
-  terminateSubscription(externalId: string): SubscriptionRecord | undefined {
-    const sub = this.subscriptions.get(externalId);
+  /** Marks the active (or pending) subscription terminated, as DELETE /api/v1/subscriptions/:id does. */
+  terminateSubscription(externalId: string, at: Date = new Date()): SubscriptionRecord | undefined {
+    const sub = this.findSubscription(externalId, ["active", "pending"]);
     if (sub) {
-      sub.status = "terminated";
-      sub.terminated_at = nowIso();
+      if (sub.status === "pending") {
+        sub.status = "canceled";
+        sub.canceled_at = at.toISOString();
+      } else {
+        sub.status = "terminated";
+        sub.terminated_at = at.toISOString();
+      }
     }
     return sub;
+  }
+
+  /** Lago's clock activating a pending subscription (started_at = `at`, as mark_as_active! does). */
+  activateSubscription(externalId: string, at: Date = new Date()): SubscriptionRecord | undefined {
+    const sub = this.findSubscription(externalId, ["pending"]);
+    if (sub) {
+      sub.status = "active";
+      sub.started_at = at.toISOString();
+    }
+    return sub;
+  }
+
+  /** Like Lago's show: the given statuses, ordered terminated_at DESC NULLS FIRST, started_at DESC. */
+  findSubscription(
+    externalId: string,
+    statuses: SubscriptionRecord["status"][],
+  ): SubscriptionRecord | undefined {
+    const time = (v: string | null) => (v === null ? Number.POSITIVE_INFINITY : Date.parse(v));
+    return this.allSubscriptions
+      .filter((s) => s.external_id === externalId && statuses.includes(s.status))
+      .sort(
+        (a, b) => time(b.terminated_at) - time(a.terminated_at) || time(b.started_at) - time(a.started_at),
+      )[0];
   }
 
   /** Registers a sum_agg billable metric on field `tokens` (or returns the existing one). */
@@ -581,7 +718,8 @@ export class LagoDouble {
       if (!(err instanceof HttpError)) throw err;
       status = err.status;
       body = err.body;
-      if (status === 429) headers = this.rateLimitHeaders(0);
+      if (err.headers) headers = { ...err.headers };
+      else if (status === 429) headers = this.rateLimitHeaders(0);
     }
     if (status === 429) this.count429++;
     else if (status === 401) this.rejected401++;
@@ -591,6 +729,14 @@ export class LagoDouble {
       else if (status === 200) this.accepted200++;
     }
 
+    if (method === "POST" && EVENT_PATHS.has(path) && this.loseNextCount > 0) {
+      // Processed (and stored, on success) but the answer never arrives.
+      this.loseNextCount--;
+      this.responsesLost++;
+      this.record(method, path, 0, eventCount, t0, receivedAt);
+      req.socket.destroy();
+      return;
+    }
     const payload = JSON.stringify(body);
     headers["content-type"] = "application/json; charset=utf-8";
     headers["content-length"] = String(Buffer.byteLength(payload));
@@ -599,14 +745,28 @@ export class LagoDouble {
     this.record(method, path, status, eventCount, t0, receivedAt);
   }
 
+  /** Headers of a 429 (or of an accepted request under a rate limit), in the configured style. */
   private rateLimitHeaders(remaining: number): Record<string, string> {
     const limit = this.rateLimitPerSecond ?? 0;
     const resetSeconds = Math.max(1, Math.ceil((this.windowStart + 1000 - Date.now()) / 1000));
-    return {
-      "x-ratelimit-limit": String(limit),
-      "x-ratelimit-remaining": String(remaining),
-      "x-ratelimit-reset": String(resetSeconds),
-    };
+    switch (this.rateLimitHeaderStyle) {
+      case "none":
+        return {};
+      case "retry-after":
+        return { "retry-after": String(resetSeconds) };
+      case "epoch":
+        return {
+          "x-ratelimit-limit": String(limit),
+          "x-ratelimit-remaining": String(remaining),
+          "x-ratelimit-reset": String(Math.ceil(Date.now() / 1000) + resetSeconds),
+        };
+      case "cloud":
+        return {
+          "x-ratelimit-limit": String(limit),
+          "x-ratelimit-remaining": String(remaining),
+          "x-ratelimit-reset": String(resetSeconds),
+        };
+    }
   }
 
   private route(
@@ -632,7 +792,7 @@ export class LagoDouble {
       this.failNextCount--;
       this.injectedFailures++;
       const s = this.failNextStatus;
-      throw new HttpError(s, { status: s, error: STATUS_CODES[s] ?? "Error" });
+      throw new HttpError(s, { status: s, error: STATUS_CODES[s] ?? "Error" }, this.failNextHeaders);
     }
 
     const auth = req.headers.authorization;
@@ -776,26 +936,29 @@ export class LagoDouble {
     if (!Array.isArray(list) || count === 0) throw validationError({ events: ["no_events"] });
     if (count > this.batchMax) throw validationError({ events: ["too_many_events"] });
 
+    // 1. Validation of every event (create_batch_service.rb#validate_events): any error answers 422
+    //    with the validation errors only, before duplicates are looked at.
     const errors: ErrorMap = {};
     const prepared: PreparedEvent[] = [];
-    const seen = new Set<string>();
     for (let i = 0; i < list.length; i++) {
       const r = this.prepareEvent(list[i], receivedAt, "batch");
-      if ("errors" in r) {
-        errors[String(i)] = r.errors;
-        continue;
-      }
-      const key = r.ok.dedupeKey;
-      if (key !== null) {
-        if (this.dedupe.has(key) || seen.has(key)) {
-          errors[String(i)] = { transaction_id: ["value_already_exist"] };
-          continue;
-        }
-        seen.add(key);
-      }
-      prepared.push(r.ok);
+      if ("errors" in r) errors[String(i)] = r.errors;
+      else prepared.push(r.ok);
     }
     if (Object.keys(errors).length > 0) throw validationError(errors);
+    // 2. The insert (post_validate_events): with the PostgreSQL store the unique index
+    //    (organization, external_subscription_id, transaction_id) refuses duplicates, later copies
+    //    within the batch included, and the whole batch is rolled back. ClickHouse checks nothing.
+    if (this.eventStore === "postgres") {
+      const seen = new Set<string>();
+      prepared.forEach(({ dedupeKey: key }, i) => {
+        if (key === null) return;
+        if (this.dedupe.has(key) || seen.has(key))
+          errors[String(i)] = { transaction_id: ["value_already_exist"] };
+        seen.add(key);
+      });
+      if (Object.keys(errors).length > 0) throw validationError(errors);
+    }
     this.store(prepared);
     return { events: prepared.map((p) => this.serialize(p.event)) };
   }
@@ -805,7 +968,7 @@ export class LagoDouble {
       throw badRequest("param is missing or the value is empty: event");
     const r = this.prepareEvent(json.event, receivedAt, "single");
     if ("errors" in r) throw validationError(r.errors);
-    if (r.ok.dedupeKey !== null && this.dedupe.has(r.ok.dedupeKey)) {
+    if (this.eventStore === "postgres" && r.ok.dedupeKey !== null && this.dedupe.has(r.ok.dedupeKey)) {
       throw validationError({ transaction_id: ["value_already_exist"] });
     }
     this.store([r.ok]);
@@ -843,7 +1006,9 @@ export class LagoDouble {
           return { subscription: this.createSubscription(rootObject(json, "subscription")) };
         }
         if (method === "GET" && id !== undefined) {
-          const s = this.subscriptions.get(id);
+          // Active only unless asked (subscriptions_controller.rb#show: status: params[:status] || :active).
+          const status = (query.get("status") ?? "active") as SubscriptionRecord["status"];
+          const s = this.findSubscription(id, [status]);
           if (!s) throw notFound("subscription");
           return { subscription: s };
         }
@@ -921,8 +1086,8 @@ export class LagoDouble {
     if (!plan) throw notFound("plan");
     const externalId = scalarToString(p.external_id) ?? randomUUID();
 
-    const existing = this.subscriptions.get(externalId);
-    if (existing && existing.status !== "terminated") {
+    const existing = this.findSubscription(externalId, ["active", "pending"]);
+    if (existing) {
       if (existing.external_customer_id !== externalCustomerId) {
         throw validationError({ external_id: ["value_already_exist"] });
       }
@@ -957,6 +1122,7 @@ export class LagoDouble {
       created_at: nowIso(),
     };
     this.subscriptions.set(externalId, sub);
+    this.allSubscriptions.push(sub);
     return sub;
   }
 
@@ -965,7 +1131,7 @@ export class LagoDouble {
     const planCode = query.get("plan_code");
     const statuses = [...query.getAll("status[]"), ...query.getAll("status")];
     const wanted = new Set(statuses.length > 0 ? statuses : ["active"]);
-    const all = [...this.subscriptions.values()].filter(
+    const all = this.allSubscriptions.filter(
       (s) =>
         (customerId === null || s.external_customer_id === customerId) &&
         (planCode === null || s.plan_code === planCode) &&
@@ -1057,10 +1223,13 @@ export class LagoDouble {
         }
         if (!metric) throw notFound("billable_metric");
       }
+      // Serialised as Lago does (app/serializers/v1/charge_serializer.rb): the input's
+      // billable_metric_id comes back as lago_billable_metric_id, beside billable_metric_code.
+      const { billable_metric_id: _input, ...rest } = c;
       return {
-        ...c,
+        ...rest,
         lago_id: typeof c.lago_id === "string" ? c.lago_id : randomUUID(),
-        ...(metric ? { billable_metric_code: metric.code } : {}),
+        ...(metric ? { lago_billable_metric_id: metric.lago_id, billable_metric_code: metric.code } : {}),
       };
     });
   }
@@ -1107,7 +1276,7 @@ export class LagoDouble {
     if ("amount_cents" in p) updated.amount_cents = Number(p.amount_cents);
     this.plans.delete(code);
     this.plans.set(newCode, updated);
-    for (const s of this.subscriptions.values()) if (s.plan_code === code) s.plan_code = newCode;
+    for (const s of this.allSubscriptions) if (s.plan_code === code) s.plan_code = newCode;
     return updated;
   }
 
@@ -1148,6 +1317,15 @@ export class LagoDouble {
     if (c.reset === true || c.resetEntities === true) this.reset({ entities: c.resetEntities === true });
     if (typeof c.latencyMs === "number") this.latencyMs = c.latencyMs;
     if (typeof c.batchMax === "number") this.batchMax = c.batchMax;
+    if (c.eventStore === "postgres" || c.eventStore === "clickhouse") this.eventStore = c.eventStore;
+    if (
+      c.rateLimitHeaders === "cloud" ||
+      c.rateLimitHeaders === "none" ||
+      c.rateLimitHeaders === "epoch" ||
+      c.rateLimitHeaders === "retry-after"
+    )
+      this.rateLimitHeaderStyle = c.rateLimitHeaders;
+    if (typeof c.loseResponses === "number") this.loseResponses(c.loseResponses);
     if (c.rateLimitPerSecond === null || typeof c.rateLimitPerSecond === "number") {
       this.setRateLimit(c.rateLimitPerSecond || null);
     }
@@ -1212,6 +1390,8 @@ async function main(): Promise<void> {
       "latency-ms": { type: "string", default: "0" },
       "rate-limit": { type: "string" },
       "batch-max": { type: "string", default: "100" },
+      "event-store": { type: "string", default: "postgres" },
+      "rate-limit-headers": { type: "string", default: "cloud" },
     },
     strict: true,
   });
@@ -1222,6 +1402,8 @@ async function main(): Promise<void> {
     latencyMs: Number(values["latency-ms"]),
     batchMax: Number(values["batch-max"]),
     rateLimitPerSecond: values["rate-limit"] ? Number(values["rate-limit"]) : null,
+    eventStore: values["event-store"] as EventStore,
+    rateLimitHeaders: values["rate-limit-headers"] as RateLimitHeaders,
   });
   process.stdout.write(`${JSON.stringify({ url: double.url })}\n`);
   const stop = (): void => {

@@ -59,6 +59,9 @@ describe("LagoDouble", () => {
     lago.setApiKey(KEY);
     lago.latencyMs = 0;
     lago.setRateLimit(null);
+    lago.eventStore = "postgres";
+    lago.batchMax = 100;
+    lago.rateLimitHeaderStyle = "cloud";
   });
 
   describe("auth", () => {
@@ -290,6 +293,130 @@ describe("LagoDouble", () => {
     });
   });
 
+  // Each case names the Lago source it follows (getlago/lago-api).
+  describe("contract: app/services/events/create_batch_service.rb", () => {
+    it("reports validation errors first; duplicates only once every event is valid", async () => {
+      expect((await post("/api/v1/events/batch", { events: [ev("have")] })).status).toBe(200);
+      const mixed = await post("/api/v1/events/batch", {
+        events: [ev("have"), ev("bad", { timestamp: "yesterday" })],
+      });
+      expect(mixed.status).toBe(422);
+      expect(mixed.body.error_details).toEqual({ "1": { timestamp: ["invalid_format"] } });
+      const valid = await post("/api/v1/events/batch", { events: [ev("have"), ev("fresh")] });
+      expect(valid.body.error_details).toEqual({ "0": { transaction_id: ["value_already_exist"] } });
+      expect(lago.eventCount).toBe(1);
+    });
+
+    it("refuses more than LAGO_EVENTS_BATCH_MAX_LENGTH events before looking at them", async () => {
+      lago.batchMax = 30;
+      const invalid = Array.from({ length: 31 }, () => ({ transaction_id: "", code: "" }));
+      const r = await post("/api/v1/events/batch", { events: invalid });
+      expect(r.body.error_details).toEqual({ events: ["too_many_events"] });
+      const thirty = await post("/api/v1/events/batch", { events: invalid.slice(0, 30) });
+      expect(Object.keys(thirty.body.error_details)).toHaveLength(30);
+      expect(lago.eventCount).toBe(0);
+    });
+
+    it("with the ClickHouse store, answers 200 to duplicates and dedupes at query time on transaction id and timestamp", async () => {
+      lago.eventStore = "clickhouse";
+      lago.addMetric("llm_tokens");
+      lago.addSubscription("sub-1", "c1");
+      expect((await post("/api/v1/events/batch", { events: [ev("ch")] })).status).toBe(200);
+      expect((await post("/api/v1/events/batch", { events: [ev("ch")] })).status).toBe(200);
+      expect(lago.eventCount).toBe(2);
+      expect(lago.billedEvents()).toHaveLength(1);
+      // The same transaction id with another timestamp is billed again.
+      await post("/api/v1/events/batch", { events: [ev("ch", { timestamp: 1_700_000_001 })] });
+      expect(lago.billedEvents()).toHaveLength(2);
+    });
+
+    it("loseResponses(n) stores the events and drops the answer", async () => {
+      lago.loseResponses(1);
+      await expect(post("/api/v1/events/batch", { events: [ev("lost")] })).rejects.toThrow();
+      expect(lago.eventCount).toBe(1);
+      expect((await post("/api/v1/events/batch", { events: [ev("lost")] })).status).toBe(422);
+      expect(lago.stats().responsesLost).toBe(1);
+    });
+  });
+
+  describe("contract: app/models/event.rb#subscription (billing span)", () => {
+    it("bills an event only between started_at and terminated_at of a subscription with its id", async () => {
+      lago.addMetric("llm_tokens");
+      const start = Date.UTC(2026, 0, 10) / 1000;
+      const sub = lago.addSubscription("sub-1", "c1", "p", { subscriptionAt: new Date(start * 1000) });
+      await post("/api/v1/events/batch", {
+        events: [
+          ev("before", { timestamp: start - 1 }),
+          ev("at", { timestamp: start }),
+          ev("in", { timestamp: start + 50 }),
+        ],
+      });
+      lago.terminateSubscription("sub-1", new Date((start + 100) * 1000));
+      await post("/api/v1/events/batch", { events: [ev("after", { timestamp: start + 101 })] });
+      expect(lago.unbilledEvents().map((e) => e.transaction_id)).toEqual(["before", "after"]);
+      expect(sub.status).toBe("terminated");
+      // A new subscription may reuse a terminated one's external id; each bills its own span.
+      lago.addSubscription("sub-1", "c1", "p", { subscriptionAt: new Date((start + 101) * 1000) });
+      expect(lago.unbilledEvents().map((e) => e.transaction_id)).toEqual(["before"]);
+      expect(lago.billedEvents()).toHaveLength(3);
+    });
+  });
+
+  describe("contract: app/controllers/api/v1/subscriptions_controller.rb#show", () => {
+    it("finds only active subscriptions unless ?status= asks for another", async () => {
+      const future = new Date(Date.now() + 86_400_000);
+      lago.addSubscription("sub-p", "c1", "p", { subscriptionAt: future });
+      expect((await get("/api/v1/subscriptions/sub-p")).status).toBe(404);
+      const pending = await get("/api/v1/subscriptions/sub-p?status=pending");
+      expect(pending.body.subscription).toMatchObject({ status: "pending", started_at: null });
+      lago.addSubscription("sub-t", "c1", "p");
+      lago.terminateSubscription("sub-t");
+      expect((await get("/api/v1/subscriptions/sub-t")).status).toBe(404);
+      const terminated = await get("/api/v1/subscriptions/sub-t?status=terminated");
+      expect(terminated.body.subscription.status).toBe("terminated");
+      expect(terminated.body.subscription.terminated_at).not.toBeNull();
+      const list = await get(
+        "/api/v1/subscriptions?external_customer_id=c1&status[]=pending&status[]=terminated",
+      );
+      expect(list.body.subscriptions.map((x: { external_id: string }) => x.external_id).sort()).toEqual([
+        "sub-p",
+        "sub-t",
+      ]);
+      lago.activateSubscription("sub-p");
+      expect((await get("/api/v1/subscriptions/sub-p")).body.subscription.status).toBe("active");
+    });
+  });
+
+  describe("contract: 429s (app/controllers/concerns/api_errors.rb; Lago Cloud; proxies)", () => {
+    const limited = async () => {
+      lago.setRateLimit(1);
+      await post("/api/v1/events/batch", { events: [ev("a")] });
+      const r = await post("/api/v1/events/batch", { events: [ev("b")] });
+      expect(r.status).toBe(429);
+      return r.headers;
+    };
+    it("cloud: X-RateLimit-Reset in seconds", async () => {
+      const h = await limited();
+      expect(Number(h.get("x-ratelimit-reset"))).toBeLessThanOrEqual(1);
+    });
+    it("none: self-hosted Lago sends no rate-limit headers", async () => {
+      lago.rateLimitHeaderStyle = "none";
+      const h = await limited();
+      expect(h.get("x-ratelimit-reset")).toBeNull();
+      expect(h.get("retry-after")).toBeNull();
+    });
+    it("epoch: a proxy's X-RateLimit-Reset as a Unix time", async () => {
+      lago.rateLimitHeaderStyle = "epoch";
+      const h = await limited();
+      expect(Number(h.get("x-ratelimit-reset"))).toBeGreaterThan(Date.now() / 1000 - 1);
+    });
+    it("retry-after: a proxy's Retry-After", async () => {
+      lago.rateLimitHeaderStyle = "retry-after";
+      const h = await limited();
+      expect(h.get("retry-after")).toBe("1");
+    });
+  });
+
   describe("POST /api/v1/events", () => {
     it("validates like the batch endpoint without index keys", async () => {
       expect((await post("/api/v1/events", { event: ev("s1") })).status).toBe(200);
@@ -373,7 +500,12 @@ describe("LagoDouble", () => {
         },
       });
       expect(plan.status).toBe(200);
-      expect(plan.body.plan.charges[0].billable_metric_code).toBe("llm_tokens");
+      // app/serializers/v1/charge_serializer.rb: lago_billable_metric_id and billable_metric_code.
+      expect(plan.body.plan.charges[0]).toMatchObject({
+        lago_billable_metric_id: metric.body.billable_metric.lago_id,
+        billable_metric_code: "llm_tokens",
+      });
+      expect(plan.body.plan.charges[0]).not.toHaveProperty("billable_metric_id");
       expect((await post("/api/v1/plans", { plan: plan.body.plan })).status).toBe(422);
       expect(
         (await call(lago.url, "PUT", "/api/v1/plans/pro", { plan: { name: "Pro 2" } })).body.plan.name,
