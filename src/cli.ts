@@ -10,6 +10,7 @@ import { buildApp } from "./http/app.ts";
 import { createLogger } from "./logger.ts";
 import { type ParkedState, reprocess } from "./operations/reprocess.ts";
 import { collectStats } from "./operations/stats.ts";
+import { validateLago } from "./operations/validate.ts";
 import { createService, type Service } from "./service.ts";
 import type { Settings } from "./settings.ts";
 
@@ -166,6 +167,21 @@ program
   .action(async () => {
     const stats = await withService((service) => collectStats(service));
     process.stdout.write(`${JSON.stringify(stats, null, 2)}\n`);
+  });
+
+/** `validate` exits with this when a check fails, so a deploy script or a cron job notices. */
+const EXIT_VALIDATE_FAILED = 1;
+
+program
+  .command("validate")
+  .description(
+    "check Lago: URL, key, billable metric, the batch length Lago accepts, rate limiting, and every " +
+      `customer's subscription against its usage (JSON; exit ${EXIT_VALIDATE_FAILED} when a check fails)`,
+  )
+  .action(async () => {
+    const result = await withService((service) => validateLago(service));
+    process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+    if (!result.ok) process.exitCode = EXIT_VALIDATE_FAILED;
   });
 
 /** Periodic upkeep in every process that runs a worker: prune old attempt logs. */

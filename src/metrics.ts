@@ -15,6 +15,7 @@ export interface Metrics {
   oldestPendingSeconds: Gauge;
   sinkState: Gauge<"state">;
   lastSuccess: Gauge;
+  batchSize: Gauge;
 }
 
 /** "2xx", "4xx", "429", "5xx", or "network" when no answer came. */
@@ -98,6 +99,11 @@ export function createMetrics(): Metrics {
     lastSuccess: new Gauge({
       name: `${p}last_success_timestamp_seconds`,
       help: "When Lago last accepted a batch",
+      registers: [registry],
+    }),
+    batchSize: new Gauge({
+      name: `${p}lago_batch_size`,
+      help: "Events per POST /api/v1/events/batch now: LAGO_BATCH_SIZE, or less after Lago answered too_many_events",
       registers: [registry],
     }),
   };

@@ -36,6 +36,7 @@ export function createService(settings: Settings, log: Logger, opts: { worker: b
   const sink = new Sink({
     backoffCapMs: Math.min(5000, settings.lago.retryMaxMs),
     authPauseMs: Math.min(30_000, settings.lago.retryMaxMs),
+    maxRateLimitPauseMs: settings.lago.rateLimitMaxPauseSeconds * 1000,
   });
   const redis = settings.redisUrl
     ? new Redis(settings.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 1, enableOfflineQueue: false })

@@ -26,6 +26,7 @@ export interface Settings {
     batchSize: number;
     concurrency: number;
     rateLimitRps: number;
+    rateLimitMaxPauseSeconds: number;
     requestTimeoutMs: number;
     maxAttempts: number;
     retryBaseMs: number;
@@ -166,6 +167,7 @@ export function loadSettings(env: Env = process.env): Settings {
       batchSize: int(env, "LAGO_BATCH_SIZE", 100, 1, 100),
       concurrency: int(env, "LAGO_WORKER_CONCURRENCY", 16, 1, 256),
       rateLimitRps: num(env, "LAGO_RATE_LIMIT_RPS", 0, 0),
+      rateLimitMaxPauseSeconds: num(env, "LAGO_RATE_LIMIT_MAX_PAUSE_SECONDS", 60, 1, 3600),
       requestTimeoutMs: int(env, "LAGO_REQUEST_TIMEOUT_MS", 10_000, 100),
       maxAttempts: int(env, "LAGO_MAX_ATTEMPTS", 15, 1),
       retryBaseMs: int(env, "LAGO_RETRY_BASE_MS", 1000, 1),

@@ -1,4 +1,4 @@
-import { staticSubscriptionId } from "../lago/mapping.ts";
+import { auditSubscriptions } from "../lago/subscription-audit.ts";
 import type { Service } from "../service.ts";
 import { type CustomerTally, pipelined, replayPage, Tally } from "./replay.ts";
 import { SpendLogsReader } from "./spendlogs.ts";
@@ -41,7 +41,7 @@ export interface BackfillSummary {
   rejected: number;
   rejected_reasons: Record<string, number>;
   skipped_other_customers: number;
-  customers: Record<string, Omit<CustomerTally, "first_timestamp">>;
+  customers: Record<string, Omit<CustomerTally, "first_timestamp" | "last_timestamp">>;
   /** Lago events queued in the outbox for the new calls; the delivery worker sends them. */
   events_queued_for_lago: number;
   warnings: string[];
@@ -76,7 +76,9 @@ export async function backfill(service: Service, opts: BackfillOptions): Promise
     rejected: tally.rejected,
     rejected_reasons: Object.fromEntries(tally.reasons),
     skipped_other_customers: tally.skippedOtherCustomers,
-    customers: Object.fromEntries([...tally.customers].map(([id, { first_timestamp: _f, ...c }]) => [id, c])),
+    customers: Object.fromEntries(
+      [...tally.customers].map(([id, { first_timestamp: _f, last_timestamp: _l, ...c }]) => [id, c]),
+    ),
     events_queued_for_lago: tally.eventsQueued,
     warnings,
     duration_ms: Date.now() - started,
@@ -135,59 +137,18 @@ export function invoicedPeriodWarning(since: Date, now: Date): string[] {
   ];
 }
 
-interface LagoSubscription {
-  external_id?: string;
-  status?: string;
-  subscription_at?: string | null;
-  started_at?: string | null;
-}
-
-/** Customers whose replayed calls start before their Lago subscription, or who have none. */
+/** Customers whose replayed calls fall outside their Lago subscription's span, or who have none. */
 async function subscriptionWarnings(service: Service, tally: Tally): Promise<string[]> {
   const lago = service.lago;
   if (!lago) return [];
   const customers = [...tally.customers].filter(([, c]) => c.new > 0 || c.already_in_ledger > 0);
-  const warnings: string[] = [];
-  for (const [customerId, c] of customers.slice(0, MAX_SUBSCRIPTION_CHECKS)) {
-    try {
-      let subscriptionId = staticSubscriptionId(service.settings.lago, customerId);
-      if (subscriptionId === null) {
-        const found = await lago.resolver.lookup(customerId);
-        if (!found.ok) {
-          warnings.push(`${found.reason}: its events will be parked as unbillable until one exists`);
-          continue;
-        }
-        subscriptionId = found.subscriptionId;
-      }
-      const res = await lago.client.request(
-        "GET",
-        `/api/v1/subscriptions/${encodeURIComponent(subscriptionId)}`,
-      );
-      if (res.status === 404) {
-        warnings.push(
-          `customer "${customerId}" has no Lago subscription "${subscriptionId}": its events will be ` +
-            "parked as unbillable until one exists (webhook-service lago customer add ... --plan ...)",
-        );
-        continue;
-      }
-      if (res.status !== 200) {
-        warnings.push(`could not check Lago subscription "${subscriptionId}": Lago answered ${res.status}`);
-        continue;
-      }
-      const sub = (res.body as { subscription?: LagoSubscription } | null)?.subscription ?? {};
-      const startText = sub.started_at ?? sub.subscription_at;
-      const start = startText ? Date.parse(startText) : Number.NaN;
-      if (Number.isFinite(start) && c.first_timestamp * 1000 < start) {
-        warnings.push(
-          `customer "${customerId}": calls from ${new Date(c.first_timestamp * 1000).toISOString()} predate ` +
-            `its subscription "${subscriptionId}" (starts ${new Date(start).toISOString()}): Lago stores them ` +
-            "but does not bill them; create the subscription with an earlier --subscription-at to bill them",
-        );
-      }
-    } catch (err) {
-      warnings.push(`could not check the Lago subscription of "${customerId}": ${(err as Error).message}`);
-    }
-  }
+  const checked = customers.slice(0, MAX_SUBSCRIPTION_CHECKS).map(([customerId, c]) => ({
+    customerId,
+    firstAt: c.first_timestamp,
+    lastAt: c.last_timestamp,
+  }));
+  const findings = await auditSubscriptions(lago.resolver, service.settings.lago, checked);
+  const warnings = findings.flatMap((f) => (f.problem === null ? [] : [f.problem]));
   if (customers.length > MAX_SUBSCRIPTION_CHECKS) {
     warnings.push(
       `subscriptions of ${customers.length - MAX_SUBSCRIPTION_CHECKS} more customer(s) were not checked`,

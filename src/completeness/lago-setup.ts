@@ -1,7 +1,10 @@
 import { fromUnits, mulDec, toUnits, UNIT } from "../decimal.ts";
 import type { LagoClient, LagoResponse } from "../lago/client.ts";
 import { staticSubscriptionId, type TokenType } from "../lago/mapping.ts";
+import { auditSubscriptions, customersToAudit } from "../lago/subscription-audit.ts";
+import { describeSpan, type SubscriptionView } from "../lago/subscription-span.ts";
 import { type ConfiguredModel, loadConfiguredModels, type ModelPrice } from "../pricing.ts";
+import type { Service } from "../service.ts";
 import type { Settings } from "../settings.ts";
 
 /** Every token type the tokens mode sends (lago/mapping.ts tokenParts), in a stable order. */
@@ -17,10 +20,7 @@ export class LagoSetupError extends Error {
   override name = "LagoSetupError";
 }
 
-export interface LagoAdmin {
-  settings: Settings;
-  lago: { client: LagoClient } | null;
-}
+export type LagoAdmin = Pick<Service, "settings" | "lago" | "sql">;
 
 export interface SetupOptions {
   /** Also create this plan (if missing), with per-model prices from config.yaml. */
@@ -61,8 +61,9 @@ interface Metric {
   filters?: MetricFilter[];
 }
 
+/** A plan's charge as Lago serialises it (app/serializers/v1/charge_serializer.rb). */
 interface Charge {
-  billable_metric_id?: string;
+  lago_billable_metric_id?: string;
   billable_metric_code?: string;
   charge_model?: string;
   filters?: { values?: Record<string, string[]> }[];
@@ -70,7 +71,9 @@ interface Charge {
 
 function client(admin: LagoAdmin): LagoClient {
   if (!admin.lago) {
-    throw new LagoSetupError("LAGO_WEBHOOK_URL and LAGO_API_KEY must be set to set Lago up");
+    throw new LagoSetupError(
+      "LAGO_API_URL (or LAGO_WEBHOOK_URL) and LAGO_API_KEY must be set to set Lago up",
+    );
   }
   return admin.lago.client;
 }
@@ -191,7 +194,29 @@ export async function lagoSetup(admin: LagoAdmin, opts: SetupOptions = {}): Prom
     }
   }
   if (opts.plan) await setupPlan(lago, settings, models, metric, opts, steps, warnings);
+  warnings.push(...(await ledgerSubscriptionWarnings(admin)));
   return { steps, warnings };
+}
+
+/** Customers checked against their subscriptions by `lago setup`; beyond this it says how many were not. */
+const MAX_SETUP_AUDIT = 50;
+
+/**
+ * Usage already in the ledger that Lago would store and not bill: before a subscription's start,
+ * after its termination, for a pending or missing one. Said with the exact dates, so the operator
+ * can create or move subscriptions before the events go out.
+ */
+async function ledgerSubscriptionWarnings(admin: LagoAdmin): Promise<string[]> {
+  if (!admin.lago) return [];
+  const { customers, total } = await customersToAudit(admin.sql, MAX_SETUP_AUDIT);
+  const findings = await auditSubscriptions(admin.lago.resolver, admin.settings.lago, customers);
+  const warnings = findings.flatMap((f) => (f.problem === null ? [] : [f.problem]));
+  if (total > customers.length) {
+    warnings.push(
+      `subscriptions of ${total - customers.length} more customer(s) with usage were not checked`,
+    );
+  }
+  return warnings;
 }
 
 /** Existing filters plus the wanted values they lack; `missing` lists what was added. */
@@ -303,7 +328,8 @@ async function setupPlan(
     const plan = (found.body as { plan: { charges?: Charge[] } }).plan;
     const charge = (plan.charges ?? []).find(
       (c) =>
-        c.billable_metric_code === metric.code || (metric.lago_id && c.billable_metric_id === metric.lago_id),
+        c.billable_metric_code === metric.code ||
+        (metric.lago_id !== undefined && c.lago_billable_metric_id === metric.lago_id),
     );
     if (!charge) {
       warnings.push(
@@ -399,21 +425,49 @@ export async function addCustomer(admin: LagoAdmin, opts: CustomerOptions): Prom
         `subscription "${mapped}", not "${subscriptionId}"`,
     );
   }
-  const subPath = `/api/v1/subscriptions/${encodeURIComponent(subscriptionId)}`;
-  const sub = await call(lago, "GET", subPath, undefined, [200, 404]);
-  if (sub.status === 200) {
-    const s = (sub.body as { subscription?: { plan_code?: string; status?: string } }).subscription;
-    if (s?.plan_code && s.plan_code !== opts.plan) {
-      warnings.push(`subscription "${subscriptionId}" exists on plan "${s.plan_code}": not changed`);
+  // Lago's GET /subscriptions/:id finds only active ones unless asked: ask for every status.
+  let view: SubscriptionView;
+  try {
+    view = await (admin.lago as NonNullable<LagoAdmin["lago"]>).resolver.describe({
+      kind: "subscription",
+      id: subscriptionId,
+    });
+  } catch (err) {
+    throw new LagoSetupError(
+      `cannot read subscription "${subscriptionId}" from Lago: ${(err as Error).message}`,
+    );
+  }
+  const current = view.active[0] ?? view.pending[0];
+  if (current) {
+    if (current.planCode && current.planCode !== opts.plan) {
+      warnings.push(`subscription "${subscriptionId}" exists on plan "${current.planCode}": not changed`);
     }
-    if (s?.status && s.status !== "active") {
+    if (current.status === "pending") {
       warnings.push(
-        `subscription "${subscriptionId}" is ${s.status}: events are not billed until it is active`,
+        `subscription "${subscriptionId}" is ${describeSpan(current)}: calls before then are parked as ` +
+          "unbillable; to bill earlier usage, move its subscription_at back in Lago while it is pending",
       );
     }
-    steps.push({ resource: "subscription", code: subscriptionId, action: "unchanged" });
+    if (
+      opts.subscriptionAt &&
+      current.status === "active" &&
+      current.startedAt !== null &&
+      opts.subscriptionAt.getTime() < current.startedAt
+    ) {
+      warnings.push(
+        `subscription "${subscriptionId}" is ${describeSpan(current)}: --subscription-at ` +
+          `${opts.subscriptionAt.toISOString()} is not applied (Lago cannot move an active subscription's start)`,
+      );
+    }
+    steps.push({
+      resource: "subscription",
+      code: subscriptionId,
+      action: "unchanged",
+      detail: describeSpan(current),
+    });
     return { steps, warnings };
   }
+  const previous = view.terminated[0];
   await call(lago, "POST", "/api/v1/subscriptions", {
     subscription: {
       external_customer_id: id,
@@ -427,7 +481,9 @@ export async function addCustomer(admin: LagoAdmin, opts: CustomerOptions): Prom
     resource: "subscription",
     code: subscriptionId,
     action: "created",
-    detail: `plan ${opts.plan}${opts.subscriptionAt ? `, from ${opts.subscriptionAt.toISOString()}` : ""}`,
+    detail:
+      `plan ${opts.plan}${opts.subscriptionAt ? `, from ${opts.subscriptionAt.toISOString()}` : ""}` +
+      (previous ? ` (the previous one was ${describeSpan(previous)})` : ""),
   });
   return { steps, warnings };
 }

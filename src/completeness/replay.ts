@@ -21,6 +21,7 @@ export interface CustomerTally {
   conflicts: number;
   /** Earliest call time seen (Unix seconds), for the "predates the subscription" warning. */
   first_timestamp: number;
+  last_timestamp: number;
 }
 
 const MAX_REASONS = 50;
@@ -47,10 +48,17 @@ export class Tally {
   customer(r: UsageRecord): CustomerTally {
     let c = this.customers.get(r.customerId);
     if (!c) {
-      c = { new: 0, already_in_ledger: 0, conflicts: 0, first_timestamp: r.timestamp };
+      c = {
+        new: 0,
+        already_in_ledger: 0,
+        conflicts: 0,
+        first_timestamp: r.timestamp,
+        last_timestamp: r.timestamp,
+      };
       this.customers.set(r.customerId, c);
     }
     if (r.timestamp < c.first_timestamp) c.first_timestamp = r.timestamp;
+    if (r.timestamp > c.last_timestamp) c.last_timestamp = r.timestamp;
     return c;
   }
 }

@@ -24,16 +24,27 @@ export class Sink {
   #error: string | null = null;
   #since = Date.now();
   #failures = 0;
+  /** 429s in a row without a wait named: each doubles the pause (up to the maximum). */
+  #bare429 = 0;
   /** Counts pauses; results of requests sent before the current pause began are ignored. */
   #epoch = 0;
   readonly #now: () => number;
   readonly #backoffCapMs: number;
   readonly #authPauseMs: number;
+  readonly #maxRateLimitPauseMs: number;
 
-  constructor(opts: { now?: () => number; backoffCapMs?: number; authPauseMs?: number } = {}) {
+  constructor(
+    opts: {
+      now?: () => number;
+      backoffCapMs?: number;
+      authPauseMs?: number;
+      maxRateLimitPauseMs?: number;
+    } = {},
+  ) {
     this.#now = opts.now ?? Date.now;
     this.#backoffCapMs = opts.backoffCapMs ?? 5000;
     this.#authPauseMs = opts.authPauseMs ?? 30_000;
+    this.#maxRateLimitPauseMs = opts.maxRateLimitPauseMs ?? 60_000;
   }
 
   get epoch(): number {
@@ -70,6 +81,7 @@ export class Sink {
   succeeded(epoch: number): boolean {
     if (epoch !== this.#epoch && this.#state !== "ok") return false;
     this.#failures = 0;
+    this.#bare429 = 0;
     if (this.#state === "ok") return false;
     this.#state = "ok";
     this.#error = null;
@@ -77,13 +89,31 @@ export class Sink {
     return true;
   }
 
-  rateLimited(resetSeconds: number, epoch: number): void {
-    if (epoch !== this.#epoch) return;
-    this.#enter(
-      "rate_limited",
-      this.#now() + resetSeconds * 1000,
-      `429 from Lago, reset in ${resetSeconds} s`,
-    );
+  /**
+   * A 429. `wait` is what the answer asked for (null: it named no wait, so back off 1, 2, 4... s);
+   * any pause is clamped to LAGO_RATE_LIMIT_MAX_PAUSE_SECONDS, so a header misread or misbehaving
+   * proxy cannot stop delivery for longer. Returns the pause in ms (0 for a stale answer).
+   */
+  rateLimited(wait: { seconds: number; source: string } | null, epoch: number): number {
+    if (epoch !== this.#epoch) return Math.max(0, this.#until - this.#now());
+    const max = this.#maxRateLimitPauseMs;
+    let ms: number;
+    let why: string;
+    if (wait === null) {
+      this.#bare429++;
+      ms = Math.min(max, 1000 * 2 ** Math.min(this.#bare429 - 1, 20));
+      why = `429 from Lago without Retry-After or X-RateLimit-Reset: backing off ${ms / 1000} s`;
+    } else {
+      const asked = wait.seconds * 1000;
+      ms = Math.min(max, Math.max(100, asked));
+      why =
+        asked > max
+          ? `429 from Lago; ${wait.source} asked for ${Math.round(wait.seconds)} s, capped at ` +
+            `${max / 1000} s (LAGO_RATE_LIMIT_MAX_PAUSE_SECONDS)`
+          : `429 from Lago, waiting ${Math.round(ms / 100) / 10} s (${wait.source})`;
+    }
+    this.#enter("rate_limited", this.#now() + ms, why);
+    return ms;
   }
 
   authFailed(error: string, epoch: number): void {

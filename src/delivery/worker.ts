@@ -3,7 +3,7 @@ import type { Logger } from "pino";
 import type { Sql } from "../db/pool.ts";
 import { query } from "../db/queries.ts";
 import type { BatchOutcome, LagoClient, LagoEventBody } from "../lago/client.ts";
-import { LagoUnavailableError, type SubscriptionResolver } from "../lago/subscriptions.ts";
+import { LagoUnavailableError, type MappingKey, type SubscriptionResolver } from "../lago/subscriptions.ts";
 import { type Metrics, statusClass } from "../metrics.ts";
 import { backoffMs, giveUpReason, type RetryPolicy } from "./retry-policy.ts";
 import type { Sink } from "./sink.ts";
@@ -129,6 +129,9 @@ export class DeliveryWorker {
   #unlisten: (() => Promise<void>) | null = null;
   #lastSuccess: Date | null = null;
   #lastFailure: { at: Date; error: string } | null = null;
+  /** LAGO_BATCH_SIZE until Lago answers too_many_events; then halved, and remembered. */
+  #batchSize: number;
+  #batchSizeReason: string | null = null;
 
   constructor(opts: WorkerOptions) {
     this.#o = {
@@ -138,6 +141,13 @@ export class DeliveryWorker {
       ...opts,
     } as Required<Omit<WorkerOptions, "metrics">> & Pick<WorkerOptions, "metrics">;
     this.#limiter = new RateLimiter(opts.rateLimitRps);
+    this.#batchSize = opts.batchSize;
+    opts.metrics?.batchSize.set(opts.batchSize);
+  }
+
+  /** Events per request now, and why it is below LAGO_BATCH_SIZE (null when it is not). */
+  get batchSize(): { effective: number; configured: number; reason: string | null } {
+    return { effective: this.#batchSize, configured: this.#o.batchSize, reason: this.#batchSizeReason };
   }
 
   get lastSuccess(): Date | null {
@@ -194,8 +204,9 @@ export class DeliveryWorker {
   }
 
   async #loop(): Promise<void> {
-    const { sink, batchSize, concurrency, log } = this.#o;
+    const { sink, concurrency, log } = this.#o;
     while (this.#running) {
+      const batchSize = this.#batchSize;
       try {
         const pause = sink.waitMs();
         if (pause > 0) {
@@ -285,12 +296,17 @@ export class DeliveryWorker {
     }
   }
 
-  /** Subscriptions and metric codes are checked before an event's first send; Lago would take them silently. */
+  /**
+   * Subscriptions and metric codes are checked before an event's first send; Lago would take them
+   * silently. Each call is placed in the subscription span that bills it (subscription-span.ts):
+   * what would vanish is parked as unbillable, what cannot be decided yet (a pending subscription
+   * Lago has not activated) is held, without using up attempts, until the age limit.
+   */
   async #prepare(
     batch: ClaimedEvent[],
     lease: string,
   ): Promise<{ send: ClaimedEvent[]; parked: Settlement[] }> {
-    const { resolver, sink } = this.#o;
+    const { resolver, sink, retry } = this.#o;
     for (const code of new Set(batch.map((e) => e.code))) {
       if (!(await resolver.metricExists(code))) {
         sink.metricMissing(code);
@@ -300,31 +316,46 @@ export class DeliveryWorker {
     const parked: Settlement[] = [];
     const send: ClaimedEvent[] = [];
     const frozen: { id: string; subscription: string }[] = [];
-    const byKey = new Map<string, ReturnType<SubscriptionResolver["check"]>>();
+    const placers = new Map<string, ReturnType<SubscriptionResolver["placer"]>>();
+    const now = Date.now();
     for (const e of batch) {
       const firstSend = e.attempts === 1 || e.external_subscription_id === null;
       if (!firstSend) {
         send.push(e);
         continue;
       }
-      const key =
-        e.external_subscription_id === null ? `c:${e.customer_id}` : `s:${e.external_subscription_id}`;
-      let pending = byKey.get(key);
-      if (!pending) {
-        pending =
-          e.external_subscription_id === null
-            ? resolver.lookup(e.customer_id)
-            : resolver.check(e.external_subscription_id);
-        byKey.set(key, pending);
+      const key: MappingKey =
+        e.external_subscription_id === null
+          ? { kind: "customer", id: e.customer_id }
+          : { kind: "subscription", id: e.external_subscription_id };
+      const mapKey = `${key.kind}\u0000${key.id}`;
+      let placer = placers.get(mapKey);
+      if (!placer) {
+        placer = resolver.placer(key);
+        placers.set(mapKey, placer);
       }
-      const r = await pending;
-      if (!r.ok) {
-        parked.push({ id: e.id, state: "unbillable", error: r.reason, uncount: 1 });
+      const p = await placer.place(e.event_timestamp);
+      if (p.kind === "park") {
+        parked.push({ id: e.id, state: "unbillable", error: p.reason, uncount: 1 });
         continue;
       }
-      if (e.external_subscription_id === null) {
-        frozen.push({ id: e.id, subscription: r.subscriptionId });
-        e.external_subscription_id = r.subscriptionId;
+      if (p.kind === "hold") {
+        const gaveUp = giveUpReason(
+          { ...retry, maxAttempts: Number.POSITIVE_INFINITY },
+          0,
+          new Date(e.created_at).getTime(),
+          now,
+        );
+        parked.push(
+          gaveUp
+            ? { id: e.id, state: "failed", error: `${gaveUp}: ${p.reason}` }
+            : { id: e.id, state: "pending", delay_s: HOLD_SECONDS, error: p.reason, uncount: 1 },
+        );
+        continue;
+      }
+      if (p.subscriptionId !== e.external_subscription_id) {
+        frozen.push({ id: e.id, subscription: p.subscriptionId });
+        e.external_subscription_id = p.subscriptionId;
       }
       send.push(e);
     }
@@ -345,16 +376,23 @@ export class DeliveryWorker {
       return;
     }
     if (prepared.parked.length > 0) {
-      log.warn(
-        { count: prepared.parked.length, reason: prepared.parked[0]?.error },
-        "events parked as unbillable",
-      );
+      const unbillable = prepared.parked.filter((p) => p.state === "unbillable");
+      if (unbillable.length > 0)
+        log.warn({ count: unbillable.length, reason: unbillable[0]?.error }, "events parked as unbillable");
+      const held = prepared.parked.filter((p) => p.state === "pending");
+      if (held.length > 0) log.info({ count: held.length, reason: held[0]?.error }, "events held");
       await this.#settle(lease, prepared.parked, null);
     }
     let rest = prepared.send;
-    // A 422 rejects the whole batch; the events Lago did not object to are sent again at once.
-    for (let round = 0; rest.length > 0 && round < 5; round++) {
-      rest = await this.#sendOnce(rest, lease, epoch);
+    // A 422 rejects the whole batch: the events Lago did not object to are sent again at once; after
+    // too_many_events, in smaller batches. Bounded, so a Lago answering nonsense cannot spin a slot.
+    for (let round = 0; rest.length > 0 && round < 12; round++) {
+      const size = this.#batchSize;
+      const again: ClaimedEvent[] = [];
+      for (let i = 0; i < rest.length; i += size) {
+        again.push(...(await this.#sendOnce(rest.slice(i, i + size), lease, epoch)));
+      }
+      rest = again;
     }
     if (rest.length > 0) {
       await this.#settle(
@@ -375,6 +413,17 @@ export class DeliveryWorker {
     const error = err instanceof Error ? err.message : String(err);
     this.#lastFailure = { at: new Date(), error };
     const status = err instanceof LagoUnavailableError ? err.status : null;
+    if (status === 429) {
+      const seconds = (err as LagoUnavailableError).retryAfterSeconds;
+      const ms = sink.rateLimited(seconds === null ? null : { seconds, source: "retry-after" }, epoch);
+      this.#o.metrics?.rateLimited.inc();
+      await this.#settle(
+        lease,
+        claimed.map((e) => ({ id: e.id, state: "pending", delay_s: ms / 1000, error, uncount: 1, status })),
+        null,
+      );
+      return;
+    }
     if (err instanceof MetricMissing || status === 401 || status === 403) {
       if (status === 401 || status === 403) sink.authFailed(`${status} from Lago`, epoch);
       const delay = err instanceof MetricMissing ? 60 : 30;
@@ -442,6 +491,7 @@ export class DeliveryWorker {
       }
       case "rejected": {
         if (sink.succeeded(epoch)) this.#afterRecovery();
+        if (batchTooLong(outcome.details)) return this.#tooManyEvents(events, lease, attempt);
         const { duplicate, invalid } = readRejection(outcome.details, events.length);
         const settled: Settlement[] = [];
         const resend: ClaimedEvent[] = [];
@@ -470,7 +520,7 @@ export class DeliveryWorker {
         return resend;
       }
       case "rate_limited": {
-        sink.rateLimited(outcome.resetSeconds, epoch);
+        const pauseMs = sink.rateLimited(outcome.wait, epoch);
         metrics?.rateLimited.inc();
         // Lago says how many requests its window allows: stay under it from now on (a 10 % margin).
         if (outcome.limit !== null && this.#limiter.capAt(Math.max(1, Math.floor(outcome.limit * 0.9)))) {
@@ -481,7 +531,7 @@ export class DeliveryWorker {
           events.map((e) => ({
             id: e.id,
             state: "pending",
-            delay_s: outcome.resetSeconds,
+            delay_s: pauseMs / 1000,
             uncount: 1,
             status: 429,
           })),
@@ -540,6 +590,56 @@ export class DeliveryWorker {
     }
   }
 
+  /**
+   * Lago refused the batch's length (`too_many_events`: self-hosted Lago's LAGO_EVENTS_BATCH_MAX_LENGTH
+   * is below ours). Nothing was stored: halve the batch size for good and send the same events again.
+   */
+  async #tooManyEvents(
+    events: ClaimedEvent[],
+    lease: string,
+    attempt: { success: boolean; status: number | null; count: number; ms: number; error: string | null },
+  ): Promise<ClaimedEvent[]> {
+    const { log, metrics } = this.#o;
+    await this.#settle(lease, [], attempt);
+    if (events.length <= 1) {
+      // Lago takes not even one event per batch: a Lago misconfiguration no resend can fix.
+      const error =
+        "Lago answered too_many_events to a batch of one event: check LAGO_EVENTS_BATCH_MAX_LENGTH on the Lago side";
+      this.#lastFailure = { at: new Date(), error };
+      const now = Date.now();
+      await this.#settle(
+        lease,
+        events.map((e): Settlement => {
+          const gaveUp = giveUpReason(this.#o.retry, e.attempts, new Date(e.created_at).getTime(), now);
+          return gaveUp
+            ? { id: e.id, state: "failed", error: `${gaveUp}: ${error}`, status: 422 }
+            : {
+                id: e.id,
+                state: "pending",
+                delay_s: backoffMs(this.#o.retry, e.attempts) / 1000,
+                error,
+                status: 422,
+              };
+        }),
+        null,
+      );
+      return [];
+    }
+    const next = Math.max(1, Math.floor(events.length / 2));
+    if (next < this.#batchSize) {
+      this.#batchSize = next;
+      this.#batchSizeReason =
+        `Lago answered too_many_events to a batch of ${events.length}: its LAGO_EVENTS_BATCH_MAX_LENGTH ` +
+        `is below LAGO_BATCH_SIZE=${this.#o.batchSize}; sending ${next} per request`;
+      metrics?.batchSize.set(next);
+      log.warn(
+        { configured: this.#o.batchSize, effective: next },
+        "Lago refused the batch length (too_many_events): batch size halved; set LAGO_BATCH_SIZE to Lago's limit",
+      );
+    }
+    return events;
+  }
+
   #observeLag(events: ClaimedEvent[], now: number): void {
     const h = this.#o.metrics?.lagSeconds;
     if (!h) return;
@@ -554,6 +654,15 @@ export class DeliveryWorker {
       .then(() => this.wake())
       .catch((err: unknown) => this.#o.log.warn({ err }, "could not advance retries after recovery"));
   }
+}
+
+/** How long an event waits for a pending subscription Lago has not activated yet. */
+const HOLD_SECONDS = 60;
+
+/** A 422 about the batch's length rather than its events: `{"events": ["too_many_events"]}`. */
+function batchTooLong(details: Record<string, unknown>): boolean {
+  const v = details.events;
+  return Array.isArray(v) && v.includes("too_many_events");
 }
 
 class MetricMissing extends Error {

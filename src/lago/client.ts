@@ -5,8 +5,11 @@ export type BatchOutcome =
   | { kind: "ok"; status: number }
   /** 422: index-keyed error_details; nothing was stored by Lago. */
   | { kind: "rejected"; status: number; details: Record<string, unknown> }
-  /** limit: Lago's X-RateLimit-Limit (requests per window), when it said. */
-  | { kind: "rate_limited"; status: number; resetSeconds: number; limit: number | null }
+  /**
+   * wait: how long the answer asked us to wait (null: a bare 429, back off); limit: X-RateLimit-Limit
+   * (requests per window), when it said.
+   */
+  | { kind: "rate_limited"; status: number; wait: RateLimitWait | null; limit: number | null }
   /** 401/403: the key is wrong or lacks the right; nothing will succeed until an operator fixes it. */
   | { kind: "auth"; status: number; error: string }
   /** 5xx, timeouts, connection errors: try again later. */
@@ -128,8 +131,52 @@ export class LagoClient {
   }
 }
 
+/** How long a 429 asked us to wait, and which header said so. */
+export interface RateLimitWait {
+  seconds: number;
+  source: "retry-after" | "x-ratelimit-reset" | "x-ratelimit-reset-epoch";
+}
+
+/** Values above this are points in time (Unix seconds), not durations: 1e9 s is 2001-09-09. */
+const EPOCH_THRESHOLD = 1e9;
+
+function header(headers: LagoResponse["headers"], name: string): string | undefined {
+  const raw = headers[name];
+  return Array.isArray(raw) ? raw[0] : raw;
+}
+
+/**
+ * Reads a 429's wait. Lago Cloud sends X-RateLimit-Reset as seconds until the reset; self-hosted
+ * Lago sends no rate-limit headers at all, so whatever arrives came from a proxy in front, which may
+ * send Retry-After (seconds or an HTTP date, RFC 9110) or an epoch X-RateLimit-Reset. Retry-After
+ * wins when present; an X-RateLimit-Reset above 1e9 is an epoch (in ms above 1e12). Never negative;
+ * the caller clamps the maximum.
+ */
+export function rateLimitWait(headers: LagoResponse["headers"], nowMs: number): RateLimitWait | null {
+  const retryAfter = header(headers, "retry-after")?.trim();
+  if (retryAfter) {
+    if (/^\d+(\.\d+)?$/.test(retryAfter)) return { seconds: Number(retryAfter), source: "retry-after" };
+    const at = Date.parse(retryAfter);
+    if (Number.isFinite(at)) return { seconds: Math.max(0, (at - nowMs) / 1000), source: "retry-after" };
+  }
+  const reset = Number(header(headers, "x-ratelimit-reset")?.trim() || Number.NaN);
+  if (Number.isFinite(reset) && reset >= 0) {
+    if (reset > EPOCH_THRESHOLD) {
+      const atMs = reset > EPOCH_THRESHOLD * 1000 ? reset : reset * 1000;
+      return { seconds: Math.max(0, (atMs - nowMs) / 1000), source: "x-ratelimit-reset-epoch" };
+    }
+    return { seconds: reset, source: "x-ratelimit-reset" };
+  }
+  return null;
+}
+
+/** The wait of a 429 in seconds, or null when it named none. */
+export function retryAfterSeconds(headers: LagoResponse["headers"], nowMs: number): number | null {
+  return rateLimitWait(headers, nowMs)?.seconds ?? null;
+}
+
 /** Maps a Lago answer to what the worker must do with the batch. */
-export function classify(res: LagoResponse): BatchOutcome {
+export function classify(res: LagoResponse, nowMs: number = Date.now()): BatchOutcome {
   const { status } = res;
   const bodyText = typeof res.body === "string" ? res.body : JSON.stringify(res.body);
   if (status >= 200 && status < 300) return { kind: "ok", status };
@@ -140,16 +187,12 @@ export function classify(res: LagoResponse): BatchOutcome {
     return { kind: "invalid", status, error: truncate(`422 without error_details: ${bodyText}`) };
   }
   if (status === 429) {
-    const header = (name: string) => {
-      const raw = res.headers[name];
-      const n = Number(Array.isArray(raw) ? raw[0] : raw);
-      return Number.isFinite(n) && n > 0 ? n : null;
-    };
+    const limit = Number(header(res.headers, "x-ratelimit-limit"));
     return {
       kind: "rate_limited",
       status,
-      resetSeconds: header("x-ratelimit-reset") ?? 1,
-      limit: header("x-ratelimit-limit"),
+      wait: rateLimitWait(res.headers, nowMs),
+      limit: Number.isFinite(limit) && limit > 0 ? limit : null,
     };
   }
   if (status === 401 || status === 403) {

@@ -1,23 +1,48 @@
 import type { Redis } from "ioredis";
-import type { LagoClient } from "./client.ts";
+import { type LagoClient, type LagoResponse, retryAfterSeconds } from "./client.ts";
+import {
+  type Placement,
+  placeEvent,
+  type SubscriptionSpan,
+  type SubscriptionView,
+  spanFromLago,
+} from "./subscription-span.ts";
 
-/** Lago answered in a way that says nothing about the subscription (5xx, timeout, 401...). */
+/** Lago answered in a way that says nothing about the subscription (5xx, timeout, 401, 429...). */
 export class LagoUnavailableError extends Error {
   override name = "LagoUnavailableError";
   readonly status: number | null;
-  constructor(message: string, status: number | null) {
+  /** On a 429: how long Lago (or the proxy in front) asked us to wait, when it said. */
+  readonly retryAfterSeconds: number | null;
+  constructor(message: string, status: number | null, retryAfter: number | null = null) {
     super(message);
     this.status = status;
+    this.retryAfterSeconds = retryAfter;
   }
 }
 
-export type Resolution = { ok: true; subscriptionId: string } | { ok: false; reason: string };
+export type MappingKey = SubscriptionView["key"];
+
+/** A view held in memory, and whether it came from a cache (decisions to park are never made on one). */
+interface Held {
+  view: SubscriptionView;
+  cached: boolean;
+}
+
+/** Pending subscriptions change state on Lago's clock: their views are kept briefly. */
+const PENDING_TTL_MS = 30_000;
 
 /**
- * Answers "which Lago subscription does this event go to, and does it exist?" before an event's first
- * send, because Lago itself accepts events for unknown subscriptions with 200 and never bills them.
- * Positive answers are cached (in Redis when configured, so replicas share them); negative answers
- * are not, so a subscription created later is found at once.
+ * Answers "which Lago subscription bills this call?" before an event's first send, because Lago
+ * accepts events for unknown, pending or terminated subscriptions, or outside their span, with 200
+ * and never bills them.
+ *
+ * Lago's `GET /api/v1/subscriptions/:external_id` finds only active subscriptions unless asked for
+ * another `status` (app/controllers/api/v1/subscriptions_controller.rb#show), so the active one is
+ * asked first and pending/terminated ones only when a call falls outside it. Views with an active
+ * subscription are cached for LAGO_SUBSCRIPTION_CACHE_TTL_SECONDS (in Redis when configured, so
+ * replicas share them), pending-only views for 30 s, others not at all; and a decision to park is
+ * always made on a fresh answer, so a subscription created or fixed a moment ago is seen at once.
  */
 export class SubscriptionResolver {
   readonly #client: LagoClient;
@@ -31,65 +56,41 @@ export class SubscriptionResolver {
     this.#redis = opts.redis;
   }
 
-  async #cached(key: string): Promise<string | undefined> {
-    const hit = this.#local.get(key);
-    if (hit && hit.expires > Date.now()) return hit.value;
-    if (this.#redis && this.#ttlMs > 0) {
-      const v = await this.#redis.get(`lago-billing:${key}`).catch(() => null);
-      if (v !== null) {
-        this.#local.set(key, { value: v, expires: Date.now() + Math.min(this.#ttlMs, 30_000) });
-        return v;
-      }
-    }
-    return undefined;
+  /**
+   * A placer for one mapping key: it fetches what it needs once and places any number of calls,
+   * asking Lago for more (pending, terminated, fresh) only when a call needs it.
+   */
+  placer(key: MappingKey): {
+    place(timestampSeconds: number): Promise<Exclude<Placement, { kind: "incomplete" }>>;
+  } {
+    let held: Promise<Held> | null = null;
+    let fresh: Promise<Held> | null = null;
+    const get = () => {
+      held ??= this.#view(key, { complete: false, fresh: false });
+      return held;
+    };
+    const getFresh = () => {
+      fresh ??= this.#view(key, { complete: true, fresh: true });
+      return fresh;
+    };
+    return {
+      place: async (ts) => {
+        let h = await get();
+        let p = placeEvent(h.view, ts);
+        if (p.kind === "incomplete" || ((p.kind === "park" || p.kind === "hold") && h.cached)) {
+          h = await getFresh();
+          held = Promise.resolve(h);
+          p = placeEvent(h.view, ts);
+        }
+        if (p.kind === "incomplete") throw new Error("a complete subscription view cannot be incomplete");
+        return p;
+      },
+    };
   }
 
-  async #remember(key: string, value: string): Promise<void> {
-    if (this.#ttlMs <= 0) return;
-    this.#local.set(key, { value, expires: Date.now() + this.#ttlMs });
-    await this.#redis?.set(`lago-billing:${key}`, value, "PX", this.#ttlMs).catch(() => undefined);
-  }
-
-  /** Checks that a known subscription id exists and is active. */
-  async check(subscriptionId: string): Promise<Resolution> {
-    const key = `sub:${subscriptionId}`;
-    if ((await this.#cached(key)) !== undefined) return { ok: true, subscriptionId };
-    const res = await this.#get(`/api/v1/subscriptions/${encodeURIComponent(subscriptionId)}`);
-    if (res.status === 404) return { ok: false, reason: `Lago has no subscription "${subscriptionId}"` };
-    const sub = (res.body as { subscription?: { status?: string } } | null)?.subscription;
-    if (sub?.status !== undefined && sub.status !== "active") {
-      return { ok: false, reason: `Lago subscription "${subscriptionId}" is ${sub.status}, not active` };
-    }
-    await this.#remember(key, "1");
-    return { ok: true, subscriptionId };
-  }
-
-  /** Finds the customer's active subscription (lookup mapping). */
-  async lookup(customerId: string): Promise<Resolution> {
-    const key = `customer:${customerId}`;
-    const cached = await this.#cached(key);
-    if (cached !== undefined) return { ok: true, subscriptionId: cached };
-    const res = await this.#get(
-      `/api/v1/subscriptions?external_customer_id=${encodeURIComponent(customerId)}&status[]=active&per_page=2`,
-    );
-    if (res.status === 404) return { ok: false, reason: `Lago has no customer "${customerId}"` };
-    const subs =
-      (res.body as { subscriptions?: { external_id?: string; status?: string }[] } | null)?.subscriptions ??
-      [];
-    const active = subs.filter(
-      (s) => (s.status ?? "active") === "active" && typeof s.external_id === "string",
-    );
-    if (active.length === 0)
-      return { ok: false, reason: `customer "${customerId}" has no active subscription in Lago` };
-    if (active.length > 1) {
-      return {
-        ok: false,
-        reason: `customer "${customerId}" has several active subscriptions: use template mapping`,
-      };
-    }
-    const id = active[0]?.external_id as string;
-    await this.#remember(key, id);
-    return { ok: true, subscriptionId: id };
+  /** Everything Lago has for the key (active, pending, terminated), uncached: for validate and setup. */
+  async describe(key: MappingKey): Promise<SubscriptionView> {
+    return (await this.#view(key, { complete: true, fresh: true })).view;
   }
 
   /** Checks that a billable metric code exists. */
@@ -98,18 +99,103 @@ export class SubscriptionResolver {
     if ((await this.#cached(key)) !== undefined) return true;
     const res = await this.#get(`/api/v1/billable_metrics/${encodeURIComponent(code)}`);
     if (res.status === 404) return false;
-    await this.#remember(key, "1");
+    await this.#remember(key, "1", this.#ttlMs);
     return true;
   }
 
-  async #get(path: string) {
-    let res: Awaited<ReturnType<LagoClient["request"]>>;
+  async #view(key: MappingKey, opts: { complete: boolean; fresh: boolean }): Promise<Held> {
+    const cacheKey = `view:${key.kind}:${key.id}`;
+    if (!opts.fresh) {
+      const hit = await this.#cached(cacheKey);
+      if (hit !== undefined) {
+        try {
+          const view = JSON.parse(hit) as SubscriptionView;
+          if (view.complete || !opts.complete) return { view, cached: true };
+        } catch {
+          // An unreadable entry is refetched.
+        }
+      }
+    }
+    const view =
+      key.kind === "customer" ? await this.#customerView(key.id) : await this.#subscriptionView(key.id, opts);
+    const ttl =
+      view.active.length > 0
+        ? this.#ttlMs
+        : view.pending.length > 0
+          ? Math.min(this.#ttlMs, PENDING_TTL_MS)
+          : 0;
+    if (ttl > 0) await this.#remember(cacheKey, JSON.stringify(view), ttl);
+    return { view, cached: false };
+  }
+
+  /** Same/template mapping: the subscription by external id, active first. */
+  async #subscriptionView(id: string, opts: { complete: boolean }): Promise<SubscriptionView> {
+    const path = `/api/v1/subscriptions/${encodeURIComponent(id)}`;
+    const one = async (status: string | null): Promise<SubscriptionSpan[]> => {
+      const res = await this.#get(status === null ? path : `${path}?status=${status}`);
+      if (res.status === 404) return [];
+      const span = spanFromLago((res.body as { subscription?: unknown } | null)?.subscription);
+      return span ? [span] : [];
+    };
+    const active = await one(null);
+    if (active.length > 0 && !opts.complete) {
+      return { key: { kind: "subscription", id }, active, pending: [], terminated: [], complete: false };
+    }
+    const [pending, terminated] = await Promise.all([one("pending"), one("terminated")]);
+    return { key: { kind: "subscription", id }, active, pending, terminated, complete: true };
+  }
+
+  /** Lookup mapping: every subscription of the customer that can bill, in one list call. */
+  async #customerView(customerId: string): Promise<SubscriptionView> {
+    const res = await this.#get(
+      `/api/v1/subscriptions?external_customer_id=${encodeURIComponent(customerId)}` +
+        "&status[]=active&status[]=pending&status[]=terminated&per_page=100",
+    );
+    const list =
+      res.status === 404 ? [] : ((res.body as { subscriptions?: unknown[] } | null)?.subscriptions ?? []);
+    const spans = list.map(spanFromLago).filter((s): s is SubscriptionSpan => s !== null);
+    return {
+      key: { kind: "customer", id: customerId },
+      active: spans.filter((s) => s.status === "active"),
+      pending: spans.filter((s) => s.status === "pending"),
+      terminated: spans
+        .filter((s) => s.status === "terminated")
+        .sort((a, b) => (b.terminatedAt ?? 0) - (a.terminatedAt ?? 0)),
+      complete: true,
+    };
+  }
+
+  async #cached(key: string): Promise<string | undefined> {
+    const hit = this.#local.get(key);
+    if (hit && hit.expires > Date.now()) return hit.value;
+    if (this.#redis && this.#ttlMs > 0) {
+      const v = await this.#redis.get(`lago-billing:v2:${key}`).catch(() => null);
+      if (v !== null) {
+        this.#local.set(key, { value: v, expires: Date.now() + Math.min(this.#ttlMs, 30_000) });
+        return v;
+      }
+    }
+    return undefined;
+  }
+
+  async #remember(key: string, value: string, ttlMs: number): Promise<void> {
+    if (ttlMs <= 0) return;
+    this.#local.set(key, { value, expires: Date.now() + ttlMs });
+    await this.#redis?.set(`lago-billing:v2:${key}`, value, "PX", ttlMs).catch(() => undefined);
+  }
+
+  async #get(path: string): Promise<LagoResponse> {
+    let res: LagoResponse;
     try {
       res = await this.#client.request("GET", path);
     } catch (err) {
       throw new LagoUnavailableError(`Lago unreachable: ${(err as Error).message}`, null);
     }
     if (res.status === 200 || res.status === 404) return res;
-    throw new LagoUnavailableError(`GET ${path.split("?")[0]} answered ${res.status}`, res.status);
+    throw new LagoUnavailableError(
+      `GET ${path.split("?")[0]} answered ${res.status}`,
+      res.status,
+      res.status === 429 ? retryAfterSeconds(res.headers, Date.now()) : null,
+    );
   }
 }

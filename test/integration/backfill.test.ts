@@ -121,8 +121,16 @@ describe("backfill", () => {
     expect(sum).toEqual({ cost: "125.000000000000", tokens: String(150 * ROWS) });
 
     expect(s.warnings.some((w) => /already invoiced/.test(w))).toBe(true);
-    expect(s.warnings.some((w) => /"bulk-customer-2".*predate/.test(w))).toBe(true);
-    expect(s.warnings.some((w) => /"bulk-customer-3" has no Lago subscription/.test(w))).toBe(true);
+    // The exact dates: the customer's first call and the subscription's start.
+    const lateStart = new Date(since.getTime() + 15 * DAY).toISOString();
+    expect(s.warnings.find((w) => w.startsWith('customer "bulk-customer-2"'))).toMatch(
+      new RegExp(
+        `call at \\d{4}-\\d\\d-\\d\\dT[0-9:.]+Z precedes subscription "bulk-customer-2" start at ${lateStart}`,
+      ),
+    );
+    expect(
+      s.warnings.some((w) => /"bulk-customer-3".*Lago has no subscription "bulk-customer-3"/.test(w)),
+    ).toBe(true);
     expect(s.warnings.some((w) => /"bulk-customer-1"/.test(w))).toBe(false);
   });
 

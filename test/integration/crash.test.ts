@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
 import { LagoDouble } from "../support/lago-double.ts";
 import { freePort, runCli, waitHealthy } from "../support/process.ts";
-import { AUTH, eventually, SECRET, startService, usageEvent } from "../support/service.ts";
+import { eventually, ingestBatches, SECRET, startService, usageEvent } from "../support/service.ts";
 
 let db: TestDatabase;
 let lago: LagoDouble;
@@ -69,15 +69,7 @@ describe("crash safety with real processes and SIGKILL", () => {
     lago.latencyMs = 20;
     const t = await startService(db.url, {}, { worker: false });
     const events = Array.from({ length: 3000 }, () => usageEvent());
-    for (let i = 0; i < events.length; i += 1000) {
-      const res = await t.app.inject({
-        method: "POST",
-        url: "/webhooks/usage/batch",
-        payload: { events: events.slice(i, i + 1000) },
-        headers: AUTH,
-      });
-      expect(res.statusCode).toBe(202);
-    }
+    await ingestBatches(t, events);
     await t.close();
     const env = {
       DATABASE_URL: db.url,

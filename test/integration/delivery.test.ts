@@ -1,7 +1,15 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
 import { LagoDouble } from "../support/lago-double.ts";
-import { AUTH, eventually, startService, type TestService, usageEvent } from "../support/service.ts";
+import {
+  AUTH,
+  eventually,
+  ingestBatches,
+  outboxStates,
+  startService,
+  type TestService,
+  usageEvent,
+} from "../support/service.ts";
 
 let lago: LagoDouble;
 let db: TestDatabase;
@@ -35,24 +43,9 @@ const env = (over: Record<string, string> = {}) => ({
   ...over,
 });
 
-async function ingest(svc: TestService, events: Record<string, unknown>[]) {
-  for (let i = 0; i < events.length; i += 1000) {
-    const res = await svc.app.inject({
-      method: "POST",
-      url: "/webhooks/usage/batch",
-      payload: { events: events.slice(i, i + 1000) },
-      headers: AUTH,
-    });
-    expect(res.statusCode, res.body).toBe(202);
-  }
-}
+const ingest = ingestBatches;
 
-const states = async () => {
-  const rows = await db.sql<
-    { state: string; n: number }[]
-  >`SELECT state, count(*)::int AS n FROM lago_events GROUP BY state`;
-  return Object.fromEntries(rows.map((r) => [r.state, r.n])) as Record<string, number>;
-};
+const states = () => outboxStates(db.sql);
 
 const allDelivered = (n: number) => async () => (await states()).delivered === n;
 
@@ -369,7 +362,7 @@ describe("delivery to Lago", () => {
     expect(workers.length).toBe(2);
   });
 
-  it("validate names each check: key, metric and its filters, lookup of recent customers", async () => {
+  it("validate names each check: key, metric and its filters, the subscriptions of customers with usage", async () => {
     lago.reset({ entities: true });
     lago.addMetric("llm_tokens", { filters: [{ key: "model", values: ["gpt-4o"] }] });
     lago.addSubscription("sub-a", "customer-a");
@@ -385,9 +378,17 @@ describe("delivery to Lago", () => {
       ok: false,
       detail: expect.stringMatching(/lacks the filter\(s\) type/),
     });
-    expect(checks.subscription_lookup).toMatchObject({
+    expect(checks.subscriptions).toMatchObject({
       ok: false,
-      detail: expect.stringMatching(/customer-b/),
+      detail: expect.stringMatching(/customer "customer-b" has no subscription in Lago/),
+    });
+    expect(checks.batch_size).toMatchObject({
+      ok: true,
+      detail: expect.stringMatching(/accepts batches of 100/),
+    });
+    expect(checks.rate_limit).toMatchObject({
+      ok: true,
+      detail: expect.stringMatching(/not rate limited now/),
     });
     lago.billableMetrics.delete("llm_tokens");
     lago.addMetric("llm_tokens", {

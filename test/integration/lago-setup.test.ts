@@ -162,12 +162,12 @@ describe("lago setup (tokens mode)", () => {
       amount_currency: "USD",
     });
     const [charge] = (p?.charges ?? []) as {
-      billable_metric_id: string;
+      lago_billable_metric_id: string;
       charge_model: string;
       properties: { amount: string };
       filters: { values: { model: string[]; type: string[] }; properties: { amount: string } }[];
     }[];
-    expect(charge?.billable_metric_id).toBe(bm?.lago_id);
+    expect(charge?.lago_billable_metric_id).toBe(bm?.lago_id);
     expect(charge?.charge_model).toBe("standard");
     expect(charge?.filters).toHaveLength(MODELS.length * TYPES.length);
     const price = (model: string, type: string) =>
@@ -184,6 +184,17 @@ describe("lago setup (tokens mode)", () => {
     expect(again.steps.map((s) => s.action)).toEqual(["unchanged", "unchanged"]);
     expect(again.warnings).toEqual([]);
     expect(lagoWrites()).toBe(writes);
+  });
+
+  it("finds the plan's charge by Lago's own field names (charge_serializer.rb)", async () => {
+    const svc = await service();
+    await lagoSetup(svc, { plan: "llm-plan" });
+    // A charge that names its metric only by lago_billable_metric_id is still this metric's charge.
+    const charge = lago.plans.get("llm-plan")?.charges[0] as Record<string, unknown>;
+    delete charge.billable_metric_code;
+    const r = await lagoSetup(svc, { plan: "llm-plan" });
+    expect(r.warnings.filter((w) => /has no charge/.test(w))).toEqual([]);
+    expect(r.steps.map((s) => s.action)).toEqual(["unchanged", "unchanged"]);
   });
 
   it("computes prices exactly", () => {

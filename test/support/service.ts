@@ -42,6 +42,26 @@ export async function startService(
   };
 }
 
+/** POSTs usage events to /webhooks/usage/batch, 1000 per request; throws unless each answers 202. */
+export async function ingestBatches(svc: TestService, events: Record<string, unknown>[]): Promise<void> {
+  for (let i = 0; i < events.length; i += 1000) {
+    const res = await svc.app.inject({
+      method: "POST",
+      url: "/webhooks/usage/batch",
+      payload: { events: events.slice(i, i + 1000) },
+      headers: AUTH,
+    });
+    if (res.statusCode !== 202) throw new Error(`ingest answered ${res.statusCode}: ${res.body}`);
+  }
+}
+
+/** Outbox events by state, e.g. {delivered: 10, unbillable: 2}; states with no event are absent. */
+export async function outboxStates(sql: Service["sql"]): Promise<Record<string, number>> {
+  const rows = await sql<{ state: string; n: number }[]>`
+    SELECT state, count(*)::int AS n FROM lago_events GROUP BY state`;
+  return Object.fromEntries(rows.map((r) => [r.state, r.n]));
+}
+
 /** A usage event in the README's format, with overrides. */
 export function usageEvent(over: Record<string, unknown> = {}): Record<string, unknown> {
   return {
