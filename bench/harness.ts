@@ -165,7 +165,13 @@ export async function startLagoDouble(opts: { latencyMs: number; rateLimit?: num
       });
       for (const c of customers) {
         await api("/api/v1/subscriptions", {
-          subscription: { external_customer_id: c, plan_code: "p", external_id: c },
+          // Started before any seeded call: a call before its subscription's start is parked, not sent.
+          subscription: {
+            external_customer_id: c,
+            plan_code: "p",
+            external_id: c,
+            subscription_at: "2020-01-01T00:00:00Z",
+          },
         });
       }
     },

@@ -331,7 +331,12 @@ class LagoProcess {
     for (let i = 0; i < customers; i++) {
       const id = customerOf(i, customers);
       await this.api("POST", "/api/v1/subscriptions", {
-        subscription: { external_id: id, external_customer_id: id, plan_code: PLAN },
+        subscription: {
+          external_id: id,
+          external_customer_id: id,
+          plan_code: PLAN,
+          subscription_at: "2020-01-01T00:00:00Z",
+        },
       });
     }
   }

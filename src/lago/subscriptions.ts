@@ -49,6 +49,7 @@ export class SubscriptionResolver {
   readonly #ttlMs: number;
   readonly #redis: Redis | undefined;
   readonly #local = new Map<string, { value: string; expires: number }>();
+  readonly #localViews = new Map<string, { view: SubscriptionView; expires: number }>();
 
   constructor(client: LagoClient, opts: { ttlSeconds: number; redis?: Redis }) {
     this.#client = client;
@@ -63,24 +64,19 @@ export class SubscriptionResolver {
   placer(key: MappingKey): {
     place(timestampSeconds: number): Promise<Exclude<Placement, { kind: "incomplete" }>>;
   } {
-    let held: Promise<Held> | null = null;
-    let fresh: Promise<Held> | null = null;
-    const get = () => {
-      held ??= this.#view(key, { complete: false, fresh: false });
-      return held;
-    };
-    const getFresh = () => {
-      fresh ??= this.#view(key, { complete: true, fresh: true });
-      return fresh;
-    };
+    let held: Held | null = null;
+    let refreshed = false;
     return {
       place: async (ts) => {
-        let h = await get();
-        let p = placeEvent(h.view, ts);
-        if (p.kind === "incomplete" || ((p.kind === "park" || p.kind === "hold") && h.cached)) {
-          h = await getFresh();
-          held = Promise.resolve(h);
-          p = placeEvent(h.view, ts);
+        held ??= await this.#view(key, { complete: false, fresh: false });
+        let p = placeEvent(held.view, ts);
+        if (
+          p.kind === "incomplete" ||
+          ((p.kind === "park" || p.kind === "hold") && held.cached && !refreshed)
+        ) {
+          held = await this.#view(key, { complete: true, fresh: true });
+          refreshed = true;
+          p = placeEvent(held.view, ts);
         }
         if (p.kind === "incomplete") throw new Error("a complete subscription view cannot be incomplete");
         return p;
@@ -106,11 +102,19 @@ export class SubscriptionResolver {
   async #view(key: MappingKey, opts: { complete: boolean; fresh: boolean }): Promise<Held> {
     const cacheKey = `view:${key.kind}:${key.id}`;
     if (!opts.fresh) {
-      const hit = await this.#cached(cacheKey);
-      if (hit !== undefined) {
+      // Parsed views are kept in memory: the hot path places thousands of calls per second.
+      const local = this.#localViews.get(cacheKey);
+      if (local && local.expires > Date.now() && (local.view.complete || !opts.complete)) {
+        return { view: local.view, cached: true };
+      }
+      const hit = this.#redis && this.#ttlMs > 0 ? await this.#redisGet(cacheKey) : null;
+      if (hit !== null) {
         try {
           const view = JSON.parse(hit) as SubscriptionView;
-          if (view.complete || !opts.complete) return { view, cached: true };
+          if (view.complete || !opts.complete) {
+            this.#localViews.set(cacheKey, { view, expires: Date.now() + Math.min(this.#ttlMs, 30_000) });
+            return { view, cached: true };
+          }
         } catch {
           // An unreadable entry is refetched.
         }
@@ -124,8 +128,19 @@ export class SubscriptionResolver {
         : view.pending.length > 0
           ? Math.min(this.#ttlMs, PENDING_TTL_MS)
           : 0;
-    if (ttl > 0) await this.#remember(cacheKey, JSON.stringify(view), ttl);
+    if (ttl > 0) {
+      this.#localViews.set(cacheKey, { view, expires: Date.now() + ttl });
+      await this.#redis
+        ?.set(`lago-billing:v2:${cacheKey}`, JSON.stringify(view), "PX", ttl)
+        .catch(() => undefined);
+    } else {
+      this.#localViews.delete(cacheKey);
+    }
     return { view, cached: false };
+  }
+
+  async #redisGet(key: string): Promise<string | null> {
+    return (await this.#redis?.get(`lago-billing:v2:${key}`).catch(() => null)) ?? null;
   }
 
   /** Same/template mapping: the subscription by external id, active first. */
