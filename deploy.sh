@@ -312,15 +312,17 @@ check_env() {
 
   # Optional parts: warn, do not fail.
   local lago_url lago_key
-  lago_url="$(effective_value LAGO_WEBHOOK_URL)"
+  # The service reads LAGO_API_URL, and the specification's LAGO_WEBHOOK_URL when it is unset.
+  lago_url="$(effective_value LAGO_API_URL)"
+  [[ -n "$lago_url" ]] || lago_url="$(effective_value LAGO_WEBHOOK_URL)"
   lago_key="$(effective_value LAGO_API_KEY)"
   if [[ -z "$lago_url" || -z "$lago_key" ]]; then
-    warn "LAGO_WEBHOOK_URL and/or LAGO_API_KEY is not set: usage is recorded in the ledger but NOT delivered to Lago until both are set in $ENV_FILE (then run ./deploy.sh again)."
+    warn "LAGO_API_URL (or LAGO_WEBHOOK_URL) and/or LAGO_API_KEY is not set: usage is recorded in the ledger but NOT delivered to Lago until both are set in $ENV_FILE (then run ./deploy.sh again)."
   else
     if [[ ! "$lago_url" =~ ^https?:// ]]; then
-      warn "LAGO_WEBHOOK_URL should be the Lago API base URL starting with http:// or https:// (got '$lago_url')."
+      warn "LAGO_API_URL (or LAGO_WEBHOOK_URL) should be the Lago API base URL starting with http:// or https:// (got '$lago_url')."
     elif [[ "$lago_url" == */api/v1* ]]; then
-      warn "LAGO_WEBHOOK_URL is the Lago API *base* URL (e.g. https://api.getlago.com); the service appends /api/v1/events/batch itself. Remove the /api/v1... part."
+      warn "LAGO_API_URL (or LAGO_WEBHOOK_URL) is the Lago API *base* URL (e.g. https://api.getlago.com); the service appends /api/v1/events/batch itself. Remove the /api/v1... part."
     fi
   fi
   local any_provider=0
@@ -448,7 +450,7 @@ Next steps:
        curl -X POST http://localhost:$lb_port/key/generate \\
          -H "Authorization: Bearer \$LITELLM_MASTER_KEY" -H "Content-Type: application/json" \\
          -d '{"models": ["gpt-4o"], "max_budget": 100, "user_id": "customer-123"}'
-  2. Lago: set LAGO_WEBHOOK_URL (API base URL) and LAGO_API_KEY in .env and run ./deploy.sh
+  2. Lago: set LAGO_API_URL (or LAGO_WEBHOOK_URL; the API base URL) and LAGO_API_KEY in .env and run ./deploy.sh
      again; create the billable metric and plans in Lago; then check the connection:
        curl -H "Authorization: Bearer \$WEBHOOK_SECRET" http://localhost:$webhook_port/webhooks/validate
      Service CLI (migrate, reprocess, stats, ...):

@@ -3,10 +3,14 @@
 # as plain processes, with pids, logs and generated secrets in .stack/.
 #
 #   scripts/stack.sh up       start what is not running yet, wait until healthy, print the URLs
+#   scripts/stack.sh up --demo  the same, offline: a fake OpenAI-compatible upstream answers every
+#                             model and a local Lago double receives the billing (no provider key,
+#                             no Lago account needed); customer-123 is subscribed
 #   scripts/stack.sh down     stop what `up` started (never the machine's shared PostgreSQL/Redis)
 #   scripts/stack.sh status   show each part; exit 0 only when both services answer
 #
-# Env overrides: STACK_DIR (.stack), WEBHOOK_PORT (3001), LITELLM_PORT (4000), LITELLM_CONFIG
+# Env overrides: STACK_DIR (.stack), WEBHOOK_PORT (3001), LITELLM_PORT (4000), DEMO_UPSTREAM_PORT
+# (4010) and DEMO_LAGO_PORT (3010) for --demo, LITELLM_CONFIG
 # (config.yaml), DATABASE_URL (tried first), LITELLM_USE_DATABASE=1 (give LiteLLM the database too),
 # WEBHOOK_HOST / LITELLM_HOST (127.0.0.1), STACK_TIMEOUT (seconds to wait for health, 120),
 # STACK_POSTGRES=embedded (skip DATABASE_URL and the machine's cluster, e.g. to test the fallback).
@@ -26,6 +30,11 @@ if [[ -f "$STACK_DIR/ports" ]]; then
 fi
 WEBHOOK_PORT="${WEBHOOK_PORT:-3001}"
 LITELLM_PORT="${LITELLM_PORT:-4000}"
+DEMO_UPSTREAM_PORT="${DEMO_UPSTREAM_PORT:-4010}"
+DEMO_LAGO_PORT="${DEMO_LAGO_PORT:-3010}"
+DEMO=0
+DEMO_DIR="$STACK_DIR/demo"
+DEMO_CUSTOMER=customer-123
 WEBHOOK_HOST="${WEBHOOK_HOST:-127.0.0.1}"
 LITELLM_HOST="${LITELLM_HOST:-127.0.0.1}"
 CONFIG="$(abs "${LITELLM_CONFIG:-$ROOT/config.yaml}")"
@@ -419,6 +428,53 @@ start_litellm() {
   LITELLM_PID="$(<"$STACK_DIR/litellm.pid")"
 }
 
+# --- the offline demo (--demo) ---------------------------------------------------------------------
+
+DEMO_UPSTREAM_MARKER=test/support/fake-openai.ts
+DEMO_LAGO_MARKER=test/support/lago-double.ts
+
+# Starts one of the demo's stand-ins unless it already runs; waits until `url` answers 200.
+start_demo_part() {
+  local name="$1" marker="$2" port="$3" url="$4" variable="$5" pid
+  shift 5
+  if pid="$(pid_of "$name" "$marker")"; then
+    say "$name: already running (pid $pid)"
+    return
+  fi
+  port_busy "$port" && die "port $port is taken by another process (set $variable)"
+  start_bg "$name" "$ROOT" "$(command -v "$NODE")" "$marker" --port "$port" "$@"
+  wait_healthy "$name" "$url" "$(<"$STACK_DIR/$name.pid")" || die "$name did not start"
+}
+
+# The fake upstream and the Lago double, a config whose models point at the upstream, and the
+# webhook service pointed at the double (LAGO_API_URL wins over a LAGO_WEBHOOK_URL from .env).
+start_demo() {
+  mkdir -p "$DEMO_DIR"
+  DEMO_LAGO_KEY="$(secret_file "$DEMO_DIR/lago_api_key" "demo-lago-")"
+  start_demo_part demo-upstream "$DEMO_UPSTREAM_MARKER" "$DEMO_UPSTREAM_PORT" \
+    "http://127.0.0.1:$DEMO_UPSTREAM_PORT/v1/models" DEMO_UPSTREAM_PORT --host 127.0.0.1
+  start_demo_part demo-lago "$DEMO_LAGO_MARKER" "$DEMO_LAGO_PORT" \
+    "http://127.0.0.1:$DEMO_LAGO_PORT/health" DEMO_LAGO_PORT --host 127.0.0.1 --api-key "$DEMO_LAGO_KEY"
+  (cd "$ROOT" && "$NODE" scripts/demo-config.ts "$CONFIG" "$DEMO_DIR/config.yaml" \
+    "http://127.0.0.1:$DEMO_UPSTREAM_PORT/v1") || die "could not write the demo config"
+  CONFIG="$DEMO_DIR/config.yaml"
+  export LAGO_API_URL="http://127.0.0.1:$DEMO_LAGO_PORT" LAGO_API_KEY="$DEMO_LAGO_KEY"
+  printf 'DEMO_UPSTREAM_PORT=%s\nDEMO_LAGO_PORT=%s\n' "$DEMO_UPSTREAM_PORT" "$DEMO_LAGO_PORT" >"$DEMO_DIR/ports"
+}
+
+# The billable metric, a plan priced from config.yaml, and the demo customer's subscription (from a
+# day ago), created in the Lago double the way an operator would in Lago (idempotent).
+setup_demo_billing() {
+  local since
+  since="$(date -u -d '1 day ago' +%Y-%m-%dT%H:%M:%SZ)"
+  local env_vars=("DATABASE_URL=$DB_URL" "LITELLM_CONFIG_PATH=$CONFIG" "LOG_LEVEL=warn")
+  (cd "$ROOT" && env "${env_vars[@]}" "$NODE" dist/cli.js lago setup --plan demo >>"$DEMO_DIR/setup.log" 2>&1 \
+    && env "${env_vars[@]}" "$NODE" dist/cli.js lago customer add "$DEMO_CUSTOMER" --plan demo \
+      --subscription-at "$since" >>"$DEMO_DIR/setup.log" 2>&1) \
+    || die "could not set the demo Lago up; see $DEMO_DIR/setup.log"
+  say "demo: the Lago double has metric llm_tokens, plan demo and a subscription for $DEMO_CUSTOMER"
+}
+
 # --- commands -------------------------------------------------------------------------------------
 
 cmd_up() {
@@ -435,6 +491,7 @@ cmd_up() {
     die "LITELLM_USE_DATABASE=1 needs the prisma package in $VENV (pip install prisma; its first start downloads Prisma engines from the internet)"
   fi
   ensure_webhook_build
+  [[ "$DEMO" == 1 ]] && start_demo
 
   # Start both before waiting for either: LiteLLM's import alone takes several seconds, and its
   # callback tolerates a webhook service that is still starting (it retries and spools).
@@ -444,6 +501,7 @@ cmd_up() {
     || die "webhook service did not become ready (scripts/stack.sh down stops what did start)"
   wait_healthy litellm "http://127.0.0.1:$LITELLM_PORT/health/liveliness" "$LITELLM_PID" \
     || die "LiteLLM did not become healthy (scripts/stack.sh down stops what did start)"
+  [[ "$DEMO" == 1 ]] && setup_demo_billing
 
   cat <<EOF
 [stack] up.
@@ -454,6 +512,13 @@ cmd_up() {
   webhook secret   $SECRET_SOURCE
   logs             $STACK_DIR/{webhook,litellm}.log
 EOF
+  if [[ "$DEMO" == 1 ]]; then
+    cat <<EOF
+  demo upstream    http://127.0.0.1:$DEMO_UPSTREAM_PORT/v1   (fake OpenAI-compatible: answers every model, canned reply)
+  demo Lago        http://127.0.0.1:$DEMO_LAGO_PORT   (a Lago double; GET /__events shows what it received)
+  billed customer  $DEMO_CUSTOMER (send "user": "$DEMO_CUSTOMER"; other customers are parked as unbillable)
+EOF
+  fi
   if [[ "$MASTER_KEY_SOURCE" == "$STACK_DIR/master_key" ]]; then
     # shellcheck disable=SC2016 # the $(cat ...) is for the reader to paste, not to expand here
     printf '  try: curl http://127.0.0.1:%s/v1/models -H "Authorization: Bearer $(cat %s)"\n' \
@@ -465,6 +530,10 @@ cmd_down() {
   # LiteLLM first: on exit its billing callback flushes queued events to the webhook service.
   stop_bg litellm "$VENV/bin/litellm"
   stop_bg webhook dist/cli.js
+  if [[ -f "$STACK_DIR/demo-upstream.pid" || -f "$STACK_DIR/demo-lago.pid" ]]; then
+    stop_bg demo-lago "$DEMO_LAGO_MARKER"
+    stop_bg demo-upstream "$DEMO_UPSTREAM_MARKER"
+  fi
   if [[ -f "$STACK_DIR/embedded-pg.owned" ]]; then
     (cd "$ROOT" && "$NODE" scripts/embedded-postgres.ts stop) || warn "could not stop the embedded PostgreSQL"
     rm -f "$STACK_DIR/embedded-pg.owned"
@@ -497,11 +566,24 @@ cmd_status() {
     code="$(http_code "http://127.0.0.1:$LITELLM_PORT/health/liveliness")"
     say "litellm   running  pid $pid  http://127.0.0.1:$LITELLM_PORT  /health/liveliness=$code"
     [[ "$code" == 200 ]] || ok=1
-    cmp -s "$CONFIG" "$LITELLM_DIR/config.yaml" || say "          ($CONFIG changed since start: down + up to apply)"
+    local running_config="$CONFIG"
+    # Under --demo LiteLLM runs the generated config.
+    [[ -f "$STACK_DIR/demo-upstream.pid" && -f "$DEMO_DIR/config.yaml" ]] && running_config="$DEMO_DIR/config.yaml"
+    cmp -s "$running_config" "$LITELLM_DIR/config.yaml" \
+      || say "          ($running_config changed since start: down + up to apply)"
   else
     say "litellm   stopped"
     ok=1
   fi
+  local part
+  for part in demo-upstream demo-lago; do
+    [[ -f "$STACK_DIR/$part.pid" ]] || continue
+    if pid="$(pid_of "$part" test/support/)"; then
+      say "$(printf '%-9s' "${part#demo-}") running  pid $pid  (demo; ports in $DEMO_DIR/ports)"
+    else
+      say "$(printf '%-9s' "${part#demo-}") stopped  (demo)"
+    fi
+  done
   [[ -s "$STACK_DIR/master_key" ]] && say "master key in $STACK_DIR/master_key"
   return "$ok"
 }
@@ -511,10 +593,21 @@ main() {
   case "$command" in
     up | down | status) ;;
     *)
-      printf 'usage: %s up|down|status\n' "$0" >&2
+      printf 'usage: %s up [--demo]|down|status\n' "$0" >&2
       exit 2
       ;;
   esac
+  shift
+  while (($# > 0)); do
+    case "$command $1" in
+      "up --demo") DEMO=1 ;;
+      *)
+        printf 'usage: %s up [--demo]|down|status (unknown: %s)\n' "$0" "$1" >&2
+        exit 2
+        ;;
+    esac
+    shift
+  done
   mkdir -p "$STACK_DIR"
   # One up/down at a time; status only reads. Every long-lived process started below gets `9>&-`:
   # an inherited descriptor would keep the lock held for as long as that process runs.

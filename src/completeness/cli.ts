@@ -8,6 +8,8 @@ import { reconcile } from "./reconciler.ts";
 
 /** Exit code of `report drift` when some difference is unexplained (1 stays "the command failed"). */
 export const EXIT_UNEXPLAINED_DRIFT = 3;
+/** Exit code of `reconcile` and `backfill` when LiteLLM_SpendLogs cannot be read: nothing was done. */
+export const EXIT_SPENDLOGS_UNAVAILABLE = 4;
 
 export interface CompletenessDeps {
   /** Runs fn with a service (no delivery worker) and closes it after. */
@@ -43,19 +45,25 @@ export function registerCompletenessCommands(program: Command, deps: Completenes
     .command("reconcile")
     .description(
       "ingest calls from LiteLLM_SpendLogs that the ledger lacks (default: from the saved cursor to now " +
-        "minus RECONCILE_SAFETY_LAG_SECONDS)",
+        `minus RECONCILE_SAFETY_LAG_SECONDS); exits ${EXIT_SPENDLOGS_UNAVAILABLE} when SpendLogs cannot be read`,
     )
     .option("--since <time>", "window start (ISO 8601); without it, continue from the saved cursor", isoTime)
     .option("--until <time>", "window end (ISO 8601, exclusive)", isoTime)
     .action(async (opts: { since?: Date; until?: Date }) => {
       const result = await run((service) => reconcile(service, { since: opts.since, until: opts.until }));
-      if (!result.available) err.write(`webhook-service: ${result.message}\n`);
       out.write(json(result));
+      if (!result.available) {
+        err.write(`webhook-service: ${result.message}\n`);
+        process.exitCode = EXIT_SPENDLOGS_UNAVAILABLE;
+      }
     });
 
   program
     .command("backfill")
-    .description("replay a historical range of LiteLLM_SpendLogs into the ledger and out to Lago")
+    .description(
+      "replay a historical range of LiteLLM_SpendLogs into the ledger and out to Lago; exits " +
+        `${EXIT_SPENDLOGS_UNAVAILABLE} when SpendLogs cannot be read`,
+    )
     .requiredOption("--since <time>", "range start (ISO 8601)", isoTime)
     .requiredOption("--until <time>", "range end (ISO 8601, exclusive)", isoTime)
     .option("--customer <id>", "only this customer's calls")
@@ -75,6 +83,7 @@ export function registerCompletenessCommands(program: Command, deps: Completenes
       );
       bar.done();
       out.write(opts.json ? json(summary) : backfillText(summary));
+      if (!summary.spendlogs.available) process.exitCode = EXIT_SPENDLOGS_UNAVAILABLE;
     });
 
   const report = program.command("report").description("billing completeness reports");

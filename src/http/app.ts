@@ -20,7 +20,14 @@ export async function buildApp(service: Service): Promise<FastifyInstance> {
       customOptions: { allErrors: true, coerceTypes: false, removeAdditional: false, useDefaults: false },
     },
   });
-  installErrorHandler(app, () => service.metrics.databaseErrors.inc({ where: "ingest" }));
+  installErrorHandler(
+    app,
+    () => service.metrics.databaseErrors.inc({ where: "ingest" }),
+    service.settings.ingest.bodyLimitBytes,
+  );
+  // JSON only (NDJSON too on /webhooks/litellm): Fastify's default text/plain parser would hand a
+  // string to the schema and answer 422 where the content type is what is wrong (415).
+  app.removeContentTypeParser("text/plain");
   app.addHook("onResponse", async (req, reply) => {
     service.metrics.httpSeconds.observe(
       { route: req.routeOptions.url ?? "unknown", status_class: statusClass(reply.statusCode) },

@@ -537,8 +537,16 @@ describe("deploy.sh (fake docker)", () => {
     );
     const r = run(dir, ["--check"]);
     expect(r.status, output(r)).toBe(0);
-    expect(r.stderr).toMatch(/LAGO_WEBHOOK_URL.*not delivered/i);
+    expect(r.stderr).toMatch(/LAGO_API_URL \(or LAGO_WEBHOOK_URL\).*not delivered/i);
     expect(r.stderr).toMatch(/no provider API key/);
+    // The service's own name alone is enough.
+    writeFileSync(
+      join(dir, ".env"),
+      completeEnv({ LAGO_WEBHOOK_URL: "", LAGO_API_URL: "https://api.getlago.com", LAGO_API_KEY: "k" }),
+    );
+    const named = run(dir, ["--check"]);
+    expect(named.status, output(named)).toBe(0);
+    expect(named.stderr).not.toMatch(/not delivered/);
   });
 
   it("--generate-secrets fills placeholders, keeps existing values, and is stable on a second run", () => {

@@ -1,26 +1,25 @@
 /**
- * The native stack end to end: `scripts/stack.sh up` on free ports with a fresh database, the README's
- * quick-start call through it (LiteLLM → fake upstream, our callback → the webhook service → the Lago
- * double), then `scripts/stack.sh down` leaving no process behind.
+ * The native stack end to end, as the README's quick start runs it: `scripts/stack.sh up --demo` on
+ * free ports with a fresh database and no provider key (LiteLLM → the demo's fake upstream, our
+ * callback → the webhook service → the demo's Lago double), the README's calls and the `openai` SDK
+ * (streamed) through it, then `scripts/stack.sh down` leaving no process behind.
  */
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import OpenAI from "openai";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import YAML from "yaml";
 import { databaseUrl, PG_ADMIN_URL } from "../support/env.ts";
-import { FAKE_REPLY, FakeOpenAI } from "../support/fake-openai.ts";
-import { LagoDouble } from "../support/lago-double.ts";
-import { testConfig } from "../support/litellm-proxy.ts";
+import { FAKE_REPLY } from "../support/fake-openai.ts";
+import type { StoredEvent } from "../support/lago-double.ts";
 import { freePort } from "../support/process.ts";
 
 const STACK = resolve("scripts/stack.sh");
 const MARKER = "<!-- executed by test/e2e/stack.test.ts against the native stack -->";
-const LAGO_KEY = `lago-stack-${randomBytes(4).toString("hex")}`;
 const CUSTOMER = "customer-123";
 
 interface Run {
@@ -126,20 +125,26 @@ async function eventually<T>(probe: () => Promise<T | undefined> | T | undefined
   }
 }
 
-let upstream: FakeOpenAI | undefined;
-let lago: LagoDouble | undefined;
 let stackDir: string;
-let configDir: string;
 let dbName: string;
 let dbUrl: string;
 let webhookPort: number;
 let litellmPort: number;
+let upstreamPort: number;
+let lagoPort: number;
 let stackEnv: Record<string, string>;
 let up: Run | undefined;
 let downDone = false;
 
-const stack = (command: "up" | "down" | "status", timeoutMs = 60_000) =>
-  run(STACK, [command], stackEnv, timeoutMs);
+const stack = (command: "up --demo" | "down" | "status", timeoutMs = 60_000) =>
+  run(STACK, command.split(" "), stackEnv, timeoutMs);
+
+/** What the demo's Lago double received for the customer. */
+async function lagoEvents(): Promise<StoredEvent[]> {
+  const res = await fetch(`http://127.0.0.1:${lagoPort}/__events`);
+  const { events } = (await res.json()) as { events: StoredEvent[] };
+  return events.filter((e) => e.external_subscription_id === CUSTOMER);
+}
 
 const pidFiles = () =>
   readdirSync(stackDir)
@@ -147,30 +152,16 @@ const pidFiles = () =>
     .map((f) => ({ file: f, pid: Number(readFileSync(join(stackDir, f), "utf8").trim()) }));
 
 beforeAll(async () => {
-  upstream = await FakeOpenAI.start();
-  lago = await LagoDouble.start({ apiKey: LAGO_KEY });
-  lago.addMetric("llm_tokens");
-  lago.addSubscription(CUSTOMER, CUSTOMER);
-
   stackDir = mkdtempSync(join(tmpdir(), "stack-e2e-"));
-  configDir = mkdtempSync(join(tmpdir(), "stack-e2e-config-"));
   // stack.sh creates the database when it is missing; the test only drops it.
   dbName = `stack_e2e_${randomBytes(5).toString("hex")}`;
   dbUrl = databaseUrl(dbName);
-  webhookPort = await freePort();
-  do litellmPort = await freePort();
-  while (litellmPort === webhookPort);
+  const ports = new Set<number>();
+  while (ports.size < 4) ports.add(await freePort());
+  [webhookPort, litellmPort, upstreamPort, lagoPort] = [...ports] as [number, number, number, number];
 
-  // The repo's config re-pointed at the fake upstream, with our callback; the master key comes from
-  // the environment as in config.yaml, so the stack's generated $STACK_DIR/master_key is the one.
-  const config = testConfig({ upstream: upstream.url, callbacks: "ours" }) as {
-    general_settings: Record<string, unknown>;
-  };
-  config.general_settings.master_key = "os.environ/LITELLM_MASTER_KEY";
-  writeFileSync(join(configDir, "config.yaml"), YAML.stringify(config));
-
-  // A clean environment: nothing of the caller's (no WEBHOOK_SECRET, LITELLM_MASTER_KEY, NODE_ENV,
-  // DATABASE_URL ...) and no .env from the repository.
+  // A clean environment: nothing of the caller's (no WEBHOOK_SECRET, LITELLM_MASTER_KEY, provider
+  // keys, NODE_ENV, LAGO_* ...), no .env from the repository, the repository's own config.yaml.
   stackEnv = {
     PATH: process.env.PATH ?? "/usr/bin:/bin",
     HOME: process.env.HOME ?? stackDir,
@@ -179,15 +170,14 @@ beforeAll(async () => {
     STACK_DIR: stackDir,
     WEBHOOK_PORT: String(webhookPort),
     LITELLM_PORT: String(litellmPort),
-    LITELLM_CONFIG: join(configDir, "config.yaml"),
+    DEMO_UPSTREAM_PORT: String(upstreamPort),
+    DEMO_LAGO_PORT: String(lagoPort),
     DATABASE_URL: dbUrl,
-    LAGO_WEBHOOK_URL: lago.url,
-    LAGO_API_KEY: LAGO_KEY,
     STACK_TIMEOUT: "70",
     LITELLM_TELEMETRY: "False",
   };
-  up = await stack("up", 85_000);
-}, 100_000);
+  up = await stack("up --demo", 95_000);
+}, 110_000);
 
 afterAll(async () => {
   if (stackEnv && !downDone) {
@@ -203,9 +193,7 @@ afterAll(async () => {
       await admin.end();
     }
   }
-  await lago?.close();
-  await upstream?.close();
-  for (const dir of [stackDir, configDir]) if (dir) rmSync(dir, { recursive: true, force: true });
+  if (stackDir) rmSync(stackDir, { recursive: true, force: true });
 }, 60_000);
 
 describe("the native stack (scripts/stack.sh)", () => {
@@ -214,6 +202,7 @@ describe("the native stack (scripts/stack.sh)", () => {
     expect(up?.code, show(up as Run)).toBe(0);
     expect(up?.stdout).toContain(`http://127.0.0.1:${litellmPort}`);
     expect(up?.stdout).toContain(`http://127.0.0.1:${webhookPort}`);
+    expect(up?.stdout).toContain(`demo Lago        http://127.0.0.1:${lagoPort}`);
 
     const health = await fetch(`http://127.0.0.1:${webhookPort}/health`);
     expect(health.status).toBe(200);
@@ -268,11 +257,10 @@ describe("the native stack (scripts/stack.sh)", () => {
         "a usage_events row",
       );
       expect(row).toMatchObject({ model: "gpt-4o", tokens_input: "12", tokens_output: "8", billable: true });
-      await eventually(
-        () => (lago as LagoDouble).events.filter((e) => e.external_subscription_id === CUSTOMER).length === 2,
-        "2 events in the Lago double",
+      const sent = await eventually(
+        async () => ((await lagoEvents()).length === 2 ? lagoEvents() : undefined),
+        "2 events in the demo's Lago double",
       );
-      const sent = (lago as LagoDouble).events.filter((e) => e.external_subscription_id === CUSTOMER);
       expect(sent.map((e) => [e.code, e.properties.type, e.properties.tokens]).sort()).toEqual([
         ["llm_tokens", "input", 12],
         ["llm_tokens", "output", 8],
@@ -285,6 +273,51 @@ describe("the native stack (scripts/stack.sh)", () => {
     } finally {
       await sql.end({ timeout: 2 });
     }
+  });
+
+  it("serves the openai SDK, streamed too, and bills the streamed call", async () => {
+    expect(up?.code).toBe(0);
+    const client = new OpenAI({
+      baseURL: `http://127.0.0.1:${litellmPort}/v1`,
+      apiKey: readFileSync(join(stackDir, "master_key"), "utf8").trim(),
+    });
+    const before = (await lagoEvents()).length;
+    const stream = await client.chat.completions.create({
+      model: "claude-3-5-sonnet",
+      messages: [{ role: "user", content: "Hello, streamed" }],
+      user: CUSTOMER,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let text = "";
+    for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? "";
+    expect(text).toBe(FAKE_REPLY);
+    const events = await eventually(
+      async () => ((await lagoEvents()).length >= before + 2 ? lagoEvents() : undefined),
+      "the streamed call's events in the demo's Lago double",
+    );
+    expect(events.filter((e) => e.properties.model === "claude-3-5-sonnet")).toHaveLength(2);
+  });
+
+  it("answers a wrong proxy key as the README says (LiteLLM without its database: 400 no_db_connection)", async () => {
+    expect(up?.code).toBe(0);
+    const res = await fetch(`http://127.0.0.1:${litellmPort}/v1/chat/completions`, {
+      method: "POST",
+      headers: { authorization: "Bearer sk-not-the-master-key", "content-type": "application/json" },
+      body: JSON.stringify({ model: "gpt-4o", messages: [{ role: "user", content: "Hi" }] }),
+    });
+    expect(res.status).toBe(400);
+    expect(await res.json()).toMatchObject({
+      error: { type: "no_db_connection", message: "No connected db." },
+    });
+    expect(readFileSync("README.md", "utf8")).toContain("No connected db.");
+    // /v1/models: LiteLLM 1.106 reports owned_by "openai" for every model (hard-coded), as documented.
+    const models = (await (
+      await fetch(`http://127.0.0.1:${litellmPort}/v1/models`, {
+        headers: { authorization: `Bearer ${readFileSync(join(stackDir, "master_key"), "utf8").trim()}` },
+      })
+    ).json()) as { data: { id: string; owned_by: string }[] };
+    expect(models.data.find((m) => m.id === "claude-3-5-sonnet")?.owned_by).toBe("openai");
   });
 
   it("runs the README's operations commands: validate and a reprocess dry run", async () => {
@@ -315,7 +348,12 @@ describe("the native stack (scripts/stack.sh)", () => {
   it("stops everything it started: no process left, the ports free again", async () => {
     expect(up?.code).toBe(0);
     const pids = pidFiles();
-    expect(pids.map((p) => p.file).sort()).toEqual(["litellm.pid", "webhook.pid"]);
+    expect(pids.map((p) => p.file).sort()).toEqual([
+      "demo-lago.pid",
+      "demo-upstream.pid",
+      "litellm.pid",
+      "webhook.pid",
+    ]);
     for (const { pid } of pids) expect(alive(pid)).toBe(true);
 
     const down = await stack("down", 50_000);
@@ -325,6 +363,8 @@ describe("the native stack (scripts/stack.sh)", () => {
     expect(membersOf(pids.map((p) => p.pid)), "processes left in the services' groups").toEqual([]);
     expect(await portAnswers(webhookPort)).toBe(false);
     expect(await portAnswers(litellmPort)).toBe(false);
+    expect(await portAnswers(upstreamPort)).toBe(false);
+    expect(await portAnswers(lagoPort)).toBe(false);
     expect(pidFiles()).toEqual([]);
 
     const status = await stack("status");

@@ -105,13 +105,25 @@ describe("POST /webhooks/usage", () => {
       headers: { ...AUTH, "content-type": "application/json" },
     });
     expect(bad.statusCode).toBe(400);
-    const wrongType = await t.app.inject({
-      method: "POST",
-      url: "/webhooks/usage",
-      payload: "a=b",
-      headers: { ...AUTH, "content-type": "application/x-www-form-urlencoded" },
+    // The service's own error shape, not Fastify's internal codes.
+    expect(bad.json()).toEqual({
+      statusCode: 400,
+      error: "Bad Request",
+      message: "the body is not valid JSON; nothing was stored",
     });
-    expect(wrongType.statusCode).toBe(415);
+    for (const type of ["application/x-www-form-urlencoded", "text/plain"]) {
+      const wrongType = await t.app.inject({
+        method: "POST",
+        url: "/webhooks/usage",
+        payload: "a=b",
+        headers: { ...AUTH, "content-type": type },
+      });
+      expect(wrongType.statusCode, type).toBe(415);
+      expect(wrongType.json(), type).toMatchObject({
+        error: "Unsupported Media Type",
+        message: expect.stringMatching(/Content-Type: application\/json/),
+      });
+    }
     const after = await db.sql`SELECT count(*)::int AS n FROM usage_events`;
     expect(after[0]?.n).toBe(before[0]?.n);
   });
@@ -126,6 +138,11 @@ describe("POST /webhooks/usage", () => {
         headers: AUTH,
       });
       expect(res.statusCode).toBe(413);
+      expect(res.json()).toMatchObject({
+        error: "Payload Too Large",
+        message: expect.stringMatching(/larger than 2048 bytes \(INGEST_BODY_LIMIT_BYTES\)/),
+      });
+      expect(res.body).not.toMatch(/FST_ERR/);
     } finally {
       await small.close();
     }

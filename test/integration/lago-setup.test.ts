@@ -206,6 +206,10 @@ describe("lago setup (tokens mode)", () => {
     const s = await startService(db.url);
     services.push(s);
     await expect(lagoSetup(s.service)).rejects.toBeInstanceOf(LagoSetupError);
+    // One name everywhere: the README's, validate's and the worker's.
+    await expect(lagoSetup(s.service)).rejects.toThrow(
+      "LAGO_API_URL (or LAGO_WEBHOOK_URL) and LAGO_API_KEY must be set to set Lago up",
+    );
   });
 });
 

@@ -1,9 +1,11 @@
 import { randomUUID } from "node:crypto";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { EXIT_SPENDLOGS_UNAVAILABLE } from "../../src/completeness/cli.ts";
 import { reconcile, startReconciler } from "../../src/completeness/reconciler.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
 import { litellmPayload } from "../support/payloads.ts";
+import { runCli } from "../support/process.ts";
 import { AUTH, eventually, startService, type TestService } from "../support/service.ts";
 import { applyLiteLLMMigrations, insertSpendLogs, type SpendLogRow } from "../support/spendlogs.ts";
 
@@ -244,6 +246,15 @@ describe("without a LiteLLM database", () => {
       expect(r.scanned).toBe(0);
       const [c] = await other.sql`SELECT count(*)::int AS n FROM reconcile_cursors`;
       expect(c?.n).toBe(0);
+      // A scheduled `reconcile` (or `backfill`) must notice: a documented non-zero exit code.
+      for (const args of [
+        ["reconcile"],
+        ["backfill", "--since", "2026-01-01T00:00:00Z", "--until", "2026-01-02T00:00:00Z"],
+      ]) {
+        const cli = runCli(args, { DATABASE_URL: other.url });
+        expect(await cli.exited, cli.output()).toBe(EXIT_SPENDLOGS_UNAVAILABLE);
+        expect(cli.output()).toMatch(/LiteLLM_SpendLogs/);
+      }
     } finally {
       await svc.close();
       await other.drop();

@@ -4,6 +4,7 @@ import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import YAML from "yaml";
+import { demoModels } from "../../scripts/demo-config.ts";
 import { freePort, waitHealthy } from "./process.ts";
 
 export const LITELLM_BIN = resolve(".venv/litellm/bin/litellm");
@@ -43,10 +44,7 @@ export function testConfig(opts: ProxyOptions): object {
     }[];
     litellm_settings: Record<string, unknown>;
   };
-  const model_list = config.model_list.map((m) => ({
-    ...m,
-    litellm_params: { model: `openai/${m.model_name}`, api_base: opts.upstream, api_key: "fake-key" },
-  }));
+  const model_list = demoModels(config.model_list, opts.upstream);
   const settings: Record<string, unknown> = {
     drop_params: true,
     cache: true,
