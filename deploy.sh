@@ -9,7 +9,8 @@
 # Safe to run again: existing secrets in .env are never regenerated, running services are updated
 # in place by `docker compose up -d`.
 #
-# Environment: COMPOSE_CMD overrides the compose command (e.g. COMPOSE_CMD="docker-compose").
+# Environment: COMPOSE_CMD overrides the compose command (e.g. COMPOSE_CMD="docker-compose");
+# COMPOSE_FILE (Docker Compose's own variable, files separated by ':') adds override files.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,7 +18,9 @@ cd "$SCRIPT_DIR"
 
 ENV_FILE=".env"
 ENV_EXAMPLE=".env.example"
-COMPOSE_FILE="docker-compose.yml"
+# Docker Compose's own variable, honoured by every compose call below: docker-compose.yml unless the
+# caller names other files (e.g. an override: docker-compose.yml:my-override.yml).
+export COMPOSE_FILE="${COMPOSE_FILE:-docker-compose.yml}"
 
 REQUIRED_VARS=(POSTGRES_PASSWORD LITELLM_MASTER_KEY LITELLM_SALT_KEY UI_USERNAME UI_PASSWORD
   WEBHOOK_SECRET WEBHOOK_DB_PASSWORD REDIS_PASSWORD)
@@ -64,6 +67,7 @@ Options:
 Environment:
   COMPOSE_CMD          Compose command to use instead of auto-detection ("docker compose" or
                        "docker-compose").
+  COMPOSE_FILE         Compose files, separated by ':' (default docker-compose.yml).
 EOF
 }
 
@@ -211,7 +215,11 @@ check_tools() {
     die "the Docker daemon does not answer ('docker info' failed). Start it (sudo systemctl start docker) or add your user to the docker group (sudo usermod -aG docker \$USER, then log in again)."
   fi
   ok "Docker daemon answers"
-  [[ -f "$COMPOSE_FILE" ]] || die "$COMPOSE_FILE not found in $SCRIPT_DIR"
+  local file files
+  IFS=: read -r -a files <<<"$COMPOSE_FILE"
+  for file in "${files[@]}"; do
+    [[ -f "$file" ]] || die "$file (COMPOSE_FILE) not found in $SCRIPT_DIR"
+  done
 }
 
 # ---- 2. .env ------------------------------------------------------------------------------------
@@ -344,7 +352,7 @@ check_env() {
 
 check_compose_file() {
   local out
-  if ! out="$("${COMPOSE[@]}" -f "$COMPOSE_FILE" config -q 2>&1)"; then
+  if ! out="$("${COMPOSE[@]}" config -q 2>&1)"; then
     printf '%s\n' "$out" >&2
     die "'${COMPOSE[*]} config' rejected $COMPOSE_FILE with this .env (see above). Fix the file or the variable it names."
   fi
@@ -433,7 +441,10 @@ start_stack() {
 }
 
 print_summary() {
-  local lb_port=4000 webhook_port=3001
+  local lb_port webhook_port
+  lb_port="$(effective_value LB_PORT)"
+  webhook_port="$(effective_value WEBHOOK_PORT)"
+  lb_port="${lb_port:-4000}" webhook_port="${webhook_port:-3001}"
   cat <<EOF
 
 ${C_BLD}LiteLLM + Lago billing is up.${C_OFF} ($SCALE LiteLLM replica(s))

@@ -5,7 +5,11 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
-    exclude: process.env.VITEST_BENCH_SMOKE === "1" ? [] : ["test/bench/**"],
+    // Benchmark smoke runs and the Docker compose test are separate steps of test.sh.
+    exclude: [
+      ...(process.env.VITEST_BENCH_SMOKE === "1" ? [] : ["test/bench/**"]),
+      ...(process.env.VITEST_DOCKER === "1" ? [] : ["test/docker/**"]),
+    ],
     testTimeout: 60_000,
     hookTimeout: 120_000,
     fileParallelism: true,

@@ -212,7 +212,10 @@ describe("docker-compose.yml", () => {
     const published: string[] = [];
     for (const [name, s] of Object.entries(services)) {
       for (const p of s.ports ?? []) {
-        const parts = String(p).split(":");
+        // "${LB_BIND_ADDRESS:-0.0.0.0}:${LB_PORT:-4000}:4000" with each variable at its default.
+        const parts = String(p)
+          .replace(/\$\{[A-Z_]+:-([^}]*)\}/g, "$1")
+          .split(":");
         published.push(`${name}:${parts.at(-2)}->${parts.at(-1)}`);
       }
     }
