@@ -33,4 +33,30 @@ describe("README", () => {
       expect(readme).toContain(route);
     }
   });
+
+  it("documents every setting of the native stack (scripts/stack.sh's env overrides)", () => {
+    const stack = readFileSync("scripts/stack.sh", "utf8");
+    const header = stack.slice(stack.indexOf("# Env overrides:"), stack.indexOf("set -euo pipefail"));
+    const names = new Set([...header.matchAll(/\b([A-Z][A-Z0-9]*_[A-Z0-9_]+)\b/g)].map((m) => m[1]));
+    for (const n of ["WEBHOOK_PORT", "LITELLM_PORT", "DEMO_UPSTREAM_PORT", "DEMO_LAGO_PORT"]) {
+      expect(names.has(n), n).toBe(true);
+    }
+    const quickStart = readme.slice(readme.indexOf("## Quick start"), readme.indexOf("## Features"));
+    for (const n of [
+      "WEBHOOK_PORT",
+      "LITELLM_PORT",
+      "DEMO_UPSTREAM_PORT",
+      "DEMO_LAGO_PORT",
+      "STACK_DIR",
+      "LITELLM_CONFIG",
+    ]) {
+      expect(quickStart, `${n} in the quick start's native stack settings`).toContain(`\`${n}\``);
+    }
+    expect([...names].filter((n) => !readme.includes(n))).toEqual([]);
+  });
+
+  it("says what /webhooks/stats counts as not billable", () => {
+    const row = readme.split("\n").find((l) => l.startsWith("| `GET /webhooks/stats`")) ?? "";
+    expect(row).toMatch(/not_billable.*failed calls/);
+  });
 });
