@@ -37,7 +37,9 @@ describe("README", () => {
   it("documents every setting of the native stack (scripts/stack.sh's env overrides)", () => {
     const stack = readFileSync("scripts/stack.sh", "utf8");
     const header = stack.slice(stack.indexOf("# Env overrides:"), stack.indexOf("set -euo pipefail"));
-    const names = new Set([...header.matchAll(/\b([A-Z][A-Z0-9]*_[A-Z0-9_]+)\b/g)].map((m) => m[1] as string));
+    const names = new Set(
+      [...header.matchAll(/\b([A-Z][A-Z0-9]*_[A-Z0-9_]+)\b/g)].map((m) => m[1] as string),
+    );
     for (const n of ["WEBHOOK_PORT", "LITELLM_PORT", "DEMO_UPSTREAM_PORT", "DEMO_LAGO_PORT"]) {
       expect(names.has(n), n).toBe(true);
     }
