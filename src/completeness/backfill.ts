@@ -1,4 +1,4 @@
-import { auditSubscriptions } from "../lago/subscription-audit.ts";
+import { auditSubscriptions, MAX_AUDITED_CUSTOMERS } from "../lago/subscription-audit.ts";
 import type { Service } from "../service.ts";
 import { type CustomerTally, pipelined, replayPage, Tally } from "./replay.ts";
 import { SpendLogsReader } from "./spendlogs.ts";
@@ -47,9 +47,6 @@ export interface BackfillSummary {
   warnings: string[];
   duration_ms: number;
 }
-
-/** Lago subscriptions looked at for warnings; beyond this the summary says how many were not. */
-const MAX_SUBSCRIPTION_CHECKS = 50;
 
 /**
  * Replays a historical range of SpendLogs into the ledger (source "backfill"); the ledger queues
@@ -142,16 +139,16 @@ async function subscriptionWarnings(service: Service, tally: Tally): Promise<str
   const lago = service.lago;
   if (!lago) return [];
   const customers = [...tally.customers].filter(([, c]) => c.new > 0 || c.already_in_ledger > 0);
-  const checked = customers.slice(0, MAX_SUBSCRIPTION_CHECKS).map(([customerId, c]) => ({
+  const checked = customers.slice(0, MAX_AUDITED_CUSTOMERS).map(([customerId, c]) => ({
     customerId,
     firstAt: c.first_timestamp,
     lastAt: c.last_timestamp,
   }));
   const findings = await auditSubscriptions(lago.resolver, service.settings.lago, checked);
   const warnings = findings.flatMap((f) => (f.problem === null ? [] : [f.problem]));
-  if (customers.length > MAX_SUBSCRIPTION_CHECKS) {
+  if (customers.length > MAX_AUDITED_CUSTOMERS) {
     warnings.push(
-      `subscriptions of ${customers.length - MAX_SUBSCRIPTION_CHECKS} more customer(s) were not checked`,
+      `subscriptions of ${customers.length - MAX_AUDITED_CUSTOMERS} more customer(s) were not checked`,
     );
   }
   return warnings;

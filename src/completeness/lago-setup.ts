@@ -1,7 +1,7 @@
 import { fromUnits, mulDec, toUnits, UNIT } from "../decimal.ts";
 import type { LagoClient, LagoResponse } from "../lago/client.ts";
 import { staticSubscriptionId, type TokenType } from "../lago/mapping.ts";
-import { auditSubscriptions, customersToAudit } from "../lago/subscription-audit.ts";
+import { auditLedger } from "../lago/subscription-audit.ts";
 import { describeSpan, type SubscriptionView } from "../lago/subscription-span.ts";
 import { type ConfiguredModel, loadConfiguredModels, type ModelPrice } from "../pricing.ts";
 import type { Service } from "../service.ts";
@@ -198,9 +198,6 @@ export async function lagoSetup(admin: LagoAdmin, opts: SetupOptions = {}): Prom
   return { steps, warnings };
 }
 
-/** Customers checked against their subscriptions by `lago setup`; beyond this it says how many were not. */
-const MAX_SETUP_AUDIT = 50;
-
 /**
  * Usage already in the ledger that Lago would store and not bill: before a subscription's start,
  * after its termination, for a pending or missing one. Said with the exact dates, so the operator
@@ -208,13 +205,10 @@ const MAX_SETUP_AUDIT = 50;
  */
 async function ledgerSubscriptionWarnings(admin: LagoAdmin): Promise<string[]> {
   if (!admin.lago) return [];
-  const { customers, total } = await customersToAudit(admin.sql, MAX_SETUP_AUDIT);
-  const findings = await auditSubscriptions(admin.lago.resolver, admin.settings.lago, customers);
+  const { findings, unchecked } = await auditLedger(admin.sql, admin.lago.resolver, admin.settings.lago);
   const warnings = findings.flatMap((f) => (f.problem === null ? [] : [f.problem]));
-  if (total > customers.length) {
-    warnings.push(
-      `subscriptions of ${total - customers.length} more customer(s) with usage were not checked`,
-    );
+  if (unchecked > 0) {
+    warnings.push(`subscriptions of ${unchecked} more customer(s) with usage were not checked`);
   }
   return warnings;
 }

@@ -92,7 +92,8 @@ export class Sink {
   /**
    * A 429. `wait` is what the answer asked for (null: it named no wait, so back off 1, 2, 4... s);
    * any pause is clamped to LAGO_RATE_LIMIT_MAX_PAUSE_SECONDS, so a header misread or misbehaving
-   * proxy cannot stop delivery for longer. Returns the pause in ms (0 for a stale answer).
+   * proxy cannot stop delivery for longer. Returns the pause in ms; for an answer to a request sent
+   * before the current pause began, what is left of that pause (the answer itself is ignored).
    */
   rateLimited(wait: { seconds: number; source: string } | null, epoch: number): number {
     if (epoch !== this.#epoch) return Math.max(0, this.#until - this.#now());

@@ -414,8 +414,7 @@ export class DeliveryWorker {
     this.#lastFailure = { at: new Date(), error };
     const status = err instanceof LagoUnavailableError ? err.status : null;
     if (status === 429) {
-      const seconds = (err as LagoUnavailableError).retryAfterSeconds;
-      const ms = sink.rateLimited(seconds === null ? null : { seconds, source: "retry-after" }, epoch);
+      const ms = sink.rateLimited((err as LagoUnavailableError).wait, epoch);
       this.#o.metrics?.rateLimited.inc();
       await this.#settle(
         lease,
@@ -435,16 +434,7 @@ export class DeliveryWorker {
       return;
     }
     sink.failed(error, epoch);
-    const now = Date.now();
-    await this.#settle(
-      lease,
-      claimed.map((e): Settlement => {
-        const gaveUp = giveUpReason(retry, e.attempts, new Date(e.created_at).getTime(), now);
-        if (gaveUp) return { id: e.id, state: "failed", error: `${gaveUp}: ${error}`, status };
-        return { id: e.id, state: "pending", delay_s: backoffMs(retry, e.attempts) / 1000, error, status };
-      }),
-      null,
-    );
+    await this.#settle(lease, retryOrFail(retry, claimed, error, status, Date.now()), null);
   }
 
   /** Sends one batch and settles it; returns the events to resend immediately (after a 422). */
@@ -564,27 +554,12 @@ export class DeliveryWorker {
       case "invalid": {
         if (outcome.kind === "retryable") sink.failed(outcome.error, epoch);
         this.#lastFailure = { at: new Date(), error: outcome.error };
-        const rows = events.map((e): Settlement => {
-          const gaveUp =
-            outcome.kind === "invalid"
-              ? "Lago refused the request"
-              : giveUpReason(retry, e.attempts, new Date(e.created_at).getTime(), now);
-          if (gaveUp)
-            return {
-              id: e.id,
-              state: "failed",
-              error: `${gaveUp}: ${outcome.error}`,
-              status: outcome.status,
-            };
-          return {
-            id: e.id,
-            state: "pending",
-            delay_s: backoffMs(retry, e.attempts) / 1000,
-            error: outcome.error,
-            status: outcome.status,
-          };
-        });
-        await this.#settle(lease, rows, attempt);
+        const refused = outcome.kind === "invalid" ? "Lago refused the request" : null;
+        await this.#settle(
+          lease,
+          retryOrFail(retry, events, outcome.error, outcome.status, now, refused),
+          attempt,
+        );
         return [];
       }
     }
@@ -600,31 +575,15 @@ export class DeliveryWorker {
     attempt: { success: boolean; status: number | null; count: number; ms: number; error: string | null },
   ): Promise<ClaimedEvent[]> {
     const { log, metrics } = this.#o;
-    await this.#settle(lease, [], attempt);
     if (events.length <= 1) {
       // Lago takes not even one event per batch: a Lago misconfiguration no resend can fix.
       const error =
         "Lago answered too_many_events to a batch of one event: check LAGO_EVENTS_BATCH_MAX_LENGTH on the Lago side";
       this.#lastFailure = { at: new Date(), error };
-      const now = Date.now();
-      await this.#settle(
-        lease,
-        events.map((e): Settlement => {
-          const gaveUp = giveUpReason(this.#o.retry, e.attempts, new Date(e.created_at).getTime(), now);
-          return gaveUp
-            ? { id: e.id, state: "failed", error: `${gaveUp}: ${error}`, status: 422 }
-            : {
-                id: e.id,
-                state: "pending",
-                delay_s: backoffMs(this.#o.retry, e.attempts) / 1000,
-                error,
-                status: 422,
-              };
-        }),
-        null,
-      );
+      await this.#settle(lease, retryOrFail(this.#o.retry, events, error, 422, Date.now()), attempt);
       return [];
     }
+    await this.#settle(lease, [], attempt);
     const next = Math.max(1, Math.floor(events.length / 2));
     if (next < this.#batchSize) {
       this.#batchSize = next;
@@ -654,6 +613,25 @@ export class DeliveryWorker {
       .then(() => this.wake())
       .catch((err: unknown) => this.#o.log.warn({ err }, "could not advance retries after recovery"));
   }
+}
+
+/**
+ * Each event back to pending after its backoff, or failed once its attempts or age ran out, or
+ * failed at once with `refused` (Lago will never take the request as it is).
+ */
+function retryOrFail(
+  retry: RetryPolicy,
+  events: ClaimedEvent[],
+  error: string,
+  status: number | null,
+  now: number,
+  refused: string | null = null,
+): Settlement[] {
+  return events.map((e) => {
+    const gaveUp = refused ?? giveUpReason(retry, e.attempts, new Date(e.created_at).getTime(), now);
+    if (gaveUp) return { id: e.id, state: "failed", error: `${gaveUp}: ${error}`, status };
+    return { id: e.id, state: "pending", delay_s: backoffMs(retry, e.attempts) / 1000, error, status };
+  });
 }
 
 /** How long an event waits for a pending subscription Lago has not activated yet. */

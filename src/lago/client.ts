@@ -170,11 +170,6 @@ export function rateLimitWait(headers: LagoResponse["headers"], nowMs: number): 
   return null;
 }
 
-/** The wait of a 429 in seconds, or null when it named none. */
-export function retryAfterSeconds(headers: LagoResponse["headers"], nowMs: number): number | null {
-  return rateLimitWait(headers, nowMs)?.seconds ?? null;
-}
-
 /** Maps a Lago answer to what the worker must do with the batch. */
 export function classify(res: LagoResponse, nowMs: number = Date.now()): BatchOutcome {
   const { status } = res;

@@ -26,7 +26,7 @@ export interface SubscriptionFinding {
 const iso = (s: number) => new Date(s * 1000).toISOString();
 
 /** The customers to check: those with usage still to be billed, or recent, latest first. */
-export async function customersToAudit(
+async function customersToAudit(
   sql: Sql,
   limit: number,
 ): Promise<{ customers: CustomerUsage[]; total: number }> {
@@ -97,4 +97,21 @@ export async function auditSubscriptions(
     });
   }
   return findings;
+}
+
+/** Customers compared with their subscriptions in one audit; beyond this the report says how many were not. */
+export const MAX_AUDITED_CUSTOMERS = 50;
+
+/**
+ * The audit of the ledger's customers with usage to bill or in the last day, at most
+ * MAX_AUDITED_CUSTOMERS of them (latest first): for `validate` and `lago setup`.
+ */
+export async function auditLedger(
+  sql: Sql,
+  resolver: SubscriptionResolver,
+  settings: Settings["lago"],
+): Promise<{ findings: SubscriptionFinding[]; unchecked: number }> {
+  const { customers, total } = await customersToAudit(sql, MAX_AUDITED_CUSTOMERS);
+  const findings = await auditSubscriptions(resolver, settings, customers);
+  return { findings, unchecked: Math.max(0, total - customers.length) };
 }

@@ -1,5 +1,5 @@
 import type { Redis } from "ioredis";
-import { type LagoClient, type LagoResponse, retryAfterSeconds } from "./client.ts";
+import { type LagoClient, type LagoResponse, type RateLimitWait, rateLimitWait } from "./client.ts";
 import {
   type Placement,
   placeEvent,
@@ -13,11 +13,11 @@ export class LagoUnavailableError extends Error {
   override name = "LagoUnavailableError";
   readonly status: number | null;
   /** On a 429: how long Lago (or the proxy in front) asked us to wait, when it said. */
-  readonly retryAfterSeconds: number | null;
-  constructor(message: string, status: number | null, retryAfter: number | null = null) {
+  readonly wait: RateLimitWait | null;
+  constructor(message: string, status: number | null, wait: RateLimitWait | null = null) {
     super(message);
     this.status = status;
-    this.retryAfterSeconds = retryAfter;
+    this.wait = wait;
   }
 }
 
@@ -48,8 +48,8 @@ export class SubscriptionResolver {
   readonly #client: LagoClient;
   readonly #ttlMs: number;
   readonly #redis: Redis | undefined;
-  readonly #local = new Map<string, { value: string; expires: number }>();
-  readonly #localViews = new Map<string, { view: SubscriptionView; expires: number }>();
+  /** Parsed values, so the hot path does not parse a view per batch; Redis holds them as JSON. */
+  readonly #local = new Map<string, { value: unknown; expires: number }>();
 
   constructor(client: LagoClient, opts: { ttlSeconds: number; redis?: Redis }) {
     this.#client = client;
@@ -95,30 +95,15 @@ export class SubscriptionResolver {
     if ((await this.#cached(key)) !== undefined) return true;
     const res = await this.#get(`/api/v1/billable_metrics/${encodeURIComponent(code)}`);
     if (res.status === 404) return false;
-    await this.#remember(key, "1", this.#ttlMs);
+    await this.#remember(key, true, this.#ttlMs);
     return true;
   }
 
   async #view(key: MappingKey, opts: { complete: boolean; fresh: boolean }): Promise<Held> {
     const cacheKey = `view:${key.kind}:${key.id}`;
     if (!opts.fresh) {
-      // Parsed views are kept in memory: the hot path places thousands of calls per second.
-      const local = this.#localViews.get(cacheKey);
-      if (local && local.expires > Date.now() && (local.view.complete || !opts.complete)) {
-        return { view: local.view, cached: true };
-      }
-      const hit = this.#redis && this.#ttlMs > 0 ? await this.#redisGet(cacheKey) : null;
-      if (hit !== null) {
-        try {
-          const view = JSON.parse(hit) as SubscriptionView;
-          if (view.complete || !opts.complete) {
-            this.#localViews.set(cacheKey, { view, expires: Date.now() + Math.min(this.#ttlMs, 30_000) });
-            return { view, cached: true };
-          }
-        } catch {
-          // An unreadable entry is refetched.
-        }
-      }
+      const view = (await this.#cached(cacheKey)) as SubscriptionView | undefined;
+      if (view && (view.complete || !opts.complete)) return { view, cached: true };
     }
     const view =
       key.kind === "customer" ? await this.#customerView(key.id) : await this.#subscriptionView(key.id, opts);
@@ -128,19 +113,9 @@ export class SubscriptionResolver {
         : view.pending.length > 0
           ? Math.min(this.#ttlMs, PENDING_TTL_MS)
           : 0;
-    if (ttl > 0) {
-      this.#localViews.set(cacheKey, { view, expires: Date.now() + ttl });
-      await this.#redis
-        ?.set(`lago-billing:v2:${cacheKey}`, JSON.stringify(view), "PX", ttl)
-        .catch(() => undefined);
-    } else {
-      this.#localViews.delete(cacheKey);
-    }
+    if (ttl > 0) await this.#remember(cacheKey, view, ttl);
+    else this.#local.delete(cacheKey);
     return { view, cached: false };
-  }
-
-  async #redisGet(key: string): Promise<string | null> {
-    return (await this.#redis?.get(`lago-billing:v2:${key}`).catch(() => null)) ?? null;
   }
 
   /** Same/template mapping: the subscription by external id, active first. */
@@ -180,23 +155,28 @@ export class SubscriptionResolver {
     };
   }
 
-  async #cached(key: string): Promise<string | undefined> {
+  /** A value from memory, else from Redis (shared by replicas; kept locally for at most 30 s). */
+  async #cached(key: string): Promise<unknown> {
     const hit = this.#local.get(key);
     if (hit && hit.expires > Date.now()) return hit.value;
-    if (this.#redis && this.#ttlMs > 0) {
-      const v = await this.#redis.get(`lago-billing:v2:${key}`).catch(() => null);
-      if (v !== null) {
-        this.#local.set(key, { value: v, expires: Date.now() + Math.min(this.#ttlMs, 30_000) });
-        return v;
-      }
+    if (!this.#redis || this.#ttlMs <= 0) return undefined;
+    const text = await this.#redis.get(`lago-billing:v2:${key}`).catch(() => null);
+    if (text === null) return undefined;
+    try {
+      const value: unknown = JSON.parse(text);
+      this.#local.set(key, { value, expires: Date.now() + Math.min(this.#ttlMs, 30_000) });
+      return value;
+    } catch {
+      return undefined; // an unreadable entry is fetched again
     }
-    return undefined;
   }
 
-  async #remember(key: string, value: string, ttlMs: number): Promise<void> {
+  async #remember(key: string, value: unknown, ttlMs: number): Promise<void> {
     if (ttlMs <= 0) return;
     this.#local.set(key, { value, expires: Date.now() + ttlMs });
-    await this.#redis?.set(`lago-billing:v2:${key}`, value, "PX", ttlMs).catch(() => undefined);
+    await this.#redis
+      ?.set(`lago-billing:v2:${key}`, JSON.stringify(value), "PX", ttlMs)
+      .catch(() => undefined);
   }
 
   async #get(path: string): Promise<LagoResponse> {
@@ -210,7 +190,7 @@ export class SubscriptionResolver {
     throw new LagoUnavailableError(
       `GET ${path.split("?")[0]} answered ${res.status}`,
       res.status,
-      res.status === 429 ? retryAfterSeconds(res.headers, Date.now()) : null,
+      res.status === 429 ? rateLimitWait(res.headers, Date.now()) : null,
     );
   }
 }

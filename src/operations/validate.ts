@@ -1,6 +1,6 @@
 import { query } from "../db/queries.ts";
 import type { LagoClient } from "../lago/client.ts";
-import { auditSubscriptions, customersToAudit } from "../lago/subscription-audit.ts";
+import { auditLedger } from "../lago/subscription-audit.ts";
 import type { Service } from "../service.ts";
 
 export interface Check {
@@ -104,9 +104,6 @@ export async function validateLago(service: Service): Promise<{ ok: boolean; che
   return { ok: checks.every((c) => c.ok), checks };
 }
 
-/** Customers whose subscriptions validate compares with their usage; beyond this it says how many were not. */
-const MAX_AUDITED_CUSTOMERS = 50;
-
 /**
  * Lago refuses batches longer than its LAGO_EVENTS_BATCH_MAX_LENGTH (100 unless a self-hosted Lago
  * lowers it) before looking at any event (app/services/events/create_batch_service.rb). So a batch
@@ -174,12 +171,15 @@ async function batchSizeCheck(service: Service): Promise<Check> {
       };
     }
     if (probe.accepted !== null) {
+      // What the worker ends up sending: it halves on each too_many_events.
+      let halved = configured;
+      while (halved > probe.accepted) halved = Math.floor(halved / 2);
       return {
         name: "batch_size",
         ok: false,
         detail:
           `Lago refuses batches of ${configured} (too_many_events) and accepts ${probe.accepted}: the worker ` +
-          `halves its batches when told, so delivery goes on at ${probe.accepted} per request.${learned}`,
+          `halves its batches when told, so delivery goes on at ${halved} per request.${learned}`,
         fix: `set LAGO_BATCH_SIZE=${probe.accepted} (or raise LAGO_EVENTS_BATCH_MAX_LENGTH on the Lago side)`,
       };
     }
@@ -224,19 +224,18 @@ async function rateLimitCheck(service: Service): Promise<Check> {
 async function subscriptionsCheck(service: Service): Promise<Check> {
   const lago = service.lago;
   if (!lago) return { name: "subscriptions", ok: false, detail: "Lago is not configured" };
-  const { customers, total } = await customersToAudit(service.sql, MAX_AUDITED_CUSTOMERS);
-  if (customers.length === 0) {
+  const { findings, unchecked } = await auditLedger(service.sql, lago.resolver, service.settings.lago);
+  if (findings.length === 0) {
     return { name: "subscriptions", ok: true, detail: "no customers with usage to bill or in the last day" };
   }
-  const findings = await auditSubscriptions(lago.resolver, service.settings.lago, customers);
   const problems = findings.filter((f) => !f.ok);
-  const more = total > customers.length ? ` (${total - customers.length} more customers not checked)` : "";
+  const more = unchecked > 0 ? ` (${unchecked} more customers not checked)` : "";
   return {
     name: "subscriptions",
     ok: problems.length === 0,
     detail:
       problems.length === 0
-        ? `the ${customers.length} customers with usage to bill or in the last day each map to a Lago ` +
+        ? `the ${findings.length} customers with usage to bill or in the last day each map to a Lago ` +
           `subscription that covers it${more}`
         : `${problems.map((f) => `${f.problem} [Lago: ${f.lago}]`).join("; ")}${more}`,
     ...(problems.length === 0
