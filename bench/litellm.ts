@@ -21,7 +21,7 @@
  *
  * --smoke: tiny sizes for CI, correctness only; exits non-zero when (b) loses or double-bills an event
  * (or the ledger disagrees with the calls made), never because of speed. Non-smoke runs write the
- * report to bench/results/litellm-<date>.txt.
+ * report to bench/results/litellm-<date><HHMM>.txt.
  */
 import { type ChildProcess, execFileSync, fork } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -1187,7 +1187,8 @@ async function main(): Promise<void> {
   );
 
   if (!opts.smoke) {
-    const path = `bench/results/litellm-${started.toISOString().slice(0, 10)}.txt`;
+    // Minutes in the name (as bench/results.ts): runs of one day do not overwrite each other.
+    const path = `bench/results/litellm-${started.toISOString().slice(0, 16).replace(/[:T]/g, "")}.txt`;
     report.save(path);
     progress(`report written to ${path}`);
   }
