@@ -86,6 +86,10 @@ class LagoBillingCallback(CustomLogger):
         self._start_lock = threading.Lock()
         self._thread = self._loop = self._task = self._client = None
         self._spill_pending = False
+        self._idle = False  # the sender waits for records: _enqueue wakes it
+        self._closing = False
+        self._replay_check_at = 0.0  # next look for a spool left by us or another process
+        self._spooled_since_check = False
         self._atexit = False
         self._warned = {}
         self._failures, self._retry_at, self._down_since, self._down_kind = 0, 0.0, 0.0, None
@@ -109,8 +113,11 @@ class LagoBillingCallback(CustomLogger):
             self._queue.append(json.dumps(record, default=str, skipkeys=True, separators=(",", ":")).encode())
             self._ensure_started()
             n = len(self._queue)
-            if n == self.batch_size:
-                self._loop.call_soon_threadsafe(lambda: self._wake.set())
+            # Group commit: an idle sender is woken at once (one wake per idle period, not per call);
+            # while a POST is in flight, records gather and go in the next one.
+            if self._idle or n == self.batch_size:
+                self._idle = False
+                self._loop.call_soon_threadsafe(self._wake_up)
             if n > self.queue_max and not self._spill_pending:
                 self._spill_pending = True
                 self._loop.call_soon_threadsafe(self._spill)
@@ -172,6 +179,7 @@ class LagoBillingCallback(CustomLogger):
                 log.warning("lago_billing: WEBHOOK_SECRET is not set; requests will be unauthenticated")
             with contextlib.suppress(OSError):
                 os.makedirs(os.path.dirname(os.path.abspath(self.spool_path)), exist_ok=True)
+            self._closing = False  # a closed callback that gets events again starts afresh
             self._loop = asyncio.new_event_loop()
             self._thread = threading.Thread(target=self._thread_main, name="lago-billing", daemon=True)
             self._thread.start()
@@ -192,10 +200,20 @@ class LagoBillingCallback(CustomLogger):
             loop.close()
 
     # ---- worker (runs on the private loop) -----------------------------------------------
+    def _wake_up(self):
+        self._wake.set()
+
     async def _run(self):
-        while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+        while not self._closing:  # checked too because asyncio.wait_for can swallow a cancel (3.11)
+            # Wait only when there is nothing to send (or while backing off after failures). The
+            # flag is published before the queue is looked at again, so a record queued in between
+            # is either seen here or wakes us.
+            if self._failures or not self._queue:
+                self._idle = not self._failures
+                if self._failures or not self._queue:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+                self._idle = False
             self._wake.clear()
             try:
                 self._spill()
@@ -239,11 +257,16 @@ class LagoBillingCallback(CustomLogger):
 
     async def _drain(self):
         """Replay the spool, then send the queue. False if the service is not accepting."""
-        try:
-            if not await self._replay():
-                return False
-        except BlockingIOError:
-            pass  # another process is replaying this spool
+        now = time.monotonic()
+        if self._spooled_since_check or self._failures or now >= self._replay_check_at:
+            # A spool is looked for at most every flush interval (another process may have left
+            # one), at once after we spilled, and on every retry: not on every POST.
+            self._replay_check_at, self._spooled_since_check = now + self.flush_interval, False
+            try:
+                if not await self._replay():
+                    return False
+            except BlockingIOError:
+                pass  # another process is replaying this spool
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
             rest = batch
@@ -319,6 +342,7 @@ class LagoBillingCallback(CustomLogger):
             return
         self.spooled += n
         self._burst_spooled += n
+        self._spooled_since_check = True
         if keep is None:
             self._warn_throttled("full", "lago_billing: queue full (%d); spilling to %s", self.queue_max, self.spool_path)
 
@@ -373,10 +397,16 @@ class LagoBillingCallback(CustomLogger):
         return good
 
     async def _shutdown(self, timeout):
-        self._task.cancel()
-        with contextlib.suppress(BaseException):
-            await self._task
-        await self._flush(timeout)
+        # A worker in the middle of a POST finishes it (cancelling it could send its records twice);
+        # a waiting one returns at once. Only a worker still busy after half the timeout is cancelled.
+        self._closing = True
+        self._wake.set()
+        _, busy = await asyncio.wait({self._task}, timeout=timeout / 2)
+        if busy:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        await self._flush(timeout / 2)
         if self._client is not None:
             with contextlib.suppress(Exception):
                 await self._client.aclose()

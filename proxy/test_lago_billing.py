@@ -27,10 +27,12 @@ SECRET = "s3cret"
 
 
 class FakeWebhookService:
-    """Records every POST; answers `statuses.pop(0)` if any, else `rule(records)`, else `status`."""
+    """Records every POST; answers `statuses.pop(0)` if any, else `rule(records)`, else `status`,
+    after `delay` seconds (a slow service, so that records queue up behind a POST in flight)."""
 
     def __init__(self, port=0):
         self.status, self.statuses, self.rule, self.error_body = 200, [], None, b"bad payload: missing field id"
+        self.delay = 0.0
         self.requests, self.accepted, self.lock = [], [], threading.Lock()
         svc = self
 
@@ -38,6 +40,8 @@ class FakeWebhookService:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 records = json.loads(body)
+                if svc.delay:
+                    time.sleep(svc.delay)
                 with svc.lock:
                     status = svc.statuses.pop(0) if svc.statuses else svc.rule(records) if svc.rule else svc.status
                     svc.requests.append({"path": self.path, "status": status, "headers": dict(self.headers),
@@ -138,32 +142,39 @@ class LagoBillingTest(unittest.IsolatedAsyncioTestCase):
         return count_lines(self.spool, self.spool + ".replaying")
 
     # ---- tests ---------------------------------------------------------------------------
-    async def test_batches_burst_and_trickle(self):
+    async def test_batches_burst_and_gathers_while_a_post_is_in_flight(self):
         svc = self.server()
-        cb = self.make(svc.url, batch_size=8, flush_interval=0.1)
+        cb = self.make(svc.url, batch_size=8, flush_interval=30)
         await self.send(cb, range(20))  # burst: capped at batch_size per request
         await self.wait_until(lambda: svc.ids() == expected_ids(20), msg="burst delivered")
         self.assertTrue(all(len(r["records"]) <= 8 for r in svc.requests))
         self.assertLessEqual(len(svc.requests), 5)
-        before = len(svc.requests)
-        for i in range(20, 40):  # trickle: one record every 10 ms, still batched
+        # Group commit: the first record goes alone at once; what arrives while that POST is in
+        # flight (a slow service) is gathered and goes in the next POSTs, batch_size at a time.
+        svc.delay, before = 0.3, len(svc.requests)
+        await self.send(cb, [20])
+        await self.wait_until(lambda: len(svc.requests) > before or cb._idle is False and not cb._queue,
+                              msg="first record taken")
+        for i in range(21, 40):  # a trickle during the POST in flight
             await self.send(cb, [i])
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.005)
         await self.wait_until(lambda: svc.ids() == expected_ids(40), msg="trickle delivered")
-        self.assertLessEqual(len(svc.requests) - before, 8)
+        sizes = [len(r["records"]) for r in svc.requests[before:]]
+        self.assertEqual(sizes[0], 1, sizes)
+        self.assertTrue(all(n <= 8 for n in sizes), sizes)
+        self.assertLessEqual(len(sizes), 1 + 3 + 1, sizes)  # 19 gathered records: 3 POSTs of <= 8 (+1 slack)
         await self.wait_until(lambda: cb.delivered == 40, msg="acks counted")  # server logs before replying
 
-    async def test_idle_record_sent_within_one_interval(self):
+    async def test_idle_record_is_sent_at_once_not_on_the_timer(self):
         svc = self.server()
-        cb = self.make(svc.url, flush_interval=0.3)
+        cb = self.make(svc.url, flush_interval=30)  # a timer-driven send would take 30 s
         await self.send(cb, [0])
-        await self.wait_until(lambda: len(svc.ids()) == 1)
-        for n, idle in ((2, 0.45), (3, 0.7)):  # arrive at different phases of the idle loop
+        await self.wait_until(lambda: len(svc.ids()) == 1, timeout=5, msg="first record")
+        for n, idle in ((2, 0.05), (3, 0.3), (4, 0.0)):  # arrive at different moments of the idle wait
             await asyncio.sleep(idle)
-            t0 = time.monotonic()
-            await self.send(cb, [n])
-            await self.wait_until(lambda: len(svc.ids()) == n, msg="idle record")
-            self.assertLess(time.monotonic() - t0, 0.45)  # ~1 interval (0.3 s), never 2
+            await self.send(cb, [n - 1])
+            await self.wait_until(lambda: len(svc.ids()) == n, timeout=5, msg=f"idle record {n}")
+        self.assertEqual(len(svc.requests), 4)  # one POST per idle record
 
     async def test_strips_content_keeps_usage_and_sends_auth(self):
         svc = self.server()
@@ -262,23 +273,27 @@ class LagoBillingTest(unittest.IsolatedAsyncioTestCase):
     async def test_413_splits_batch_in_halves(self):
         svc = self.server()
         svc.rule = lambda records: 413 if len(records) > 2 else 200
+        svc.delay = 0.2  # the first record goes alone; the other 7 gather behind it
         cb = self.make(svc.url, batch_size=8, flush_interval=1.0)
         await self.send(cb, range(8))
         await self.wait_until(lambda: svc.ids() == expected_ids(8), msg="split delivery")
-        self.assertEqual(len(svc.requests[0]["records"]), 8)
-        self.assertEqual(svc.requests[0]["status"], 413)
+        # the worker may take the first record alone (group commit) or all 8 if it starts late
+        self.assertTrue(any(r["status"] == 413 and len(r["records"]) > 2 for r in svc.requests), svc.requests)
         self.assertTrue(all(len(r["records"]) <= 2 for r in svc.requests if r["status"] == 200))
         self.assertFalse(os.path.exists(self.spool + ".rejected"))
 
     async def test_flush_and_close_send_queued_records(self):
         svc = self.server()
-        cb = self.make(svc.url, flush_interval=30)  # the worker alone would not send for 30 s
+        svc.delay = 0.2  # records queue up behind the first POST: flush must wait for them all
+        cb = self.make(svc.url, flush_interval=30)
         await self.send(cb, range(5))
         await cb.flush(2)
         self.assertEqual(svc.ids(), expected_ids(5))
         await self.send(cb, range(5, 8))
         cb.close(2)
         self.assertEqual(svc.ids(), expected_ids(8))
+        await self.send(cb, [8])  # events after close start the worker again
+        await self.wait_until(lambda: svc.ids() == expected_ids(9), msg="record after close")
 
     async def test_close_spools_when_service_down(self):
         cb = self.make(f"http://127.0.0.1:{free_port()}", flush_interval=30)
@@ -332,7 +347,8 @@ class LagoBillingTest(unittest.IsolatedAsyncioTestCase):
 
     async def test_shutdown_hook_flushes_before_the_proxy_shutdown(self):
         svc = self.server()
-        cb = self.make(svc.url, flush_interval=30)  # only the shutdown sends
+        svc.delay = 0.2  # the worker's first POST is still in flight when the shutdown starts
+        cb = self.make(svc.url, flush_interval=30)
         calls = []
 
         async def proxy_shutdown_event(**kwargs):
