@@ -59,21 +59,31 @@ export function createService(settings: Settings, log: Logger, opts: { worker: b
     });
     lago = { client, resolver };
   }
-  const worker =
+  // Delivery has a pool of its own: each batch in flight holds a connection for its transaction
+  // (its events' row locks), and ingest must never wait behind them. A worker that hangs mid-batch
+  // (not a crash: that closes the connection) loses its locks after the lease, ended by PostgreSQL.
+  const leaseSeconds = Math.max(
+    settings.lago.leaseSeconds,
+    Math.ceil((settings.lago.requestTimeoutMs * 2) / 1000),
+  );
+  const deliverySql =
     opts.worker && lago
+      ? openPool(settings.databaseUrl, {
+          max: settings.lago.concurrency + 1,
+          applicationName: "webhook-service-delivery",
+          idleInTransactionTimeoutMs: leaseSeconds * 1000,
+        })
+      : null;
+  const worker =
+    deliverySql && lago
       ? new DeliveryWorker({
-          sql,
+          sql: deliverySql,
           client: lago.client,
           resolver: lago.resolver,
           sink,
           log: log.child({ component: "delivery" }),
           metrics,
           batchSize: settings.lago.batchSize,
-          // Must outlast a batch's requests (timeouts included); a crashed worker's claim returns after it.
-          leaseSeconds: Math.max(
-            settings.lago.leaseSeconds,
-            Math.ceil((settings.lago.requestTimeoutMs * 2) / 1000),
-          ),
           concurrency: settings.lago.concurrency,
           rateLimitRps: settings.lago.rateLimitRps,
           retry: {
@@ -84,14 +94,21 @@ export function createService(settings: Settings, log: Logger, opts: { worker: b
           },
         })
       : null;
+  // Other processes' workers hear of commits by NOTIFY: sent at once when none went out in the last
+  // 20 ms (no wait at low rates), else once at the end of those 20 ms (a bounded rate under load).
   let notifyTimer: NodeJS.Timeout | null = null;
-  const notify = () => {
-    worker?.wake();
+  let lastNotify = 0;
+  const sendNotify = () => {
+    notifyTimer = null;
+    lastNotify = Date.now();
+    sql`SELECT pg_notify('lago_events', '')`.catch(() => undefined);
+  };
+  const notify = (events: number) => {
+    worker?.wake(events);
     if (notifyTimer) return;
-    notifyTimer = setTimeout(() => {
-      notifyTimer = null;
-      sql`SELECT pg_notify('lago_events', '')`.catch(() => undefined);
-    }, 20);
+    const wait = lastNotify + 20 - Date.now();
+    if (wait <= 0) sendNotify();
+    else notifyTimer = setTimeout(sendNotify, wait);
   };
   const ledger = new Ledger(sql, {
     writers: 4,
@@ -116,6 +133,7 @@ export function createService(settings: Settings, log: Logger, opts: { worker: b
       if (notifyTimer) clearTimeout(notifyTimer);
       await lago?.client.close();
       redis?.disconnect();
+      await deliverySql?.end({ timeout: 5 });
       await sql.end({ timeout: 5 });
     },
   };

@@ -2,10 +2,12 @@
 -- and how far its Lago events got. Sums are numeric, returned as text (exact).
 -- $3: pending events created before this are late (not explained by the safety lag);
 -- $4: ledger calls at or after this may not be in SpendLogs yet (LiteLLM writes it in batches);
--- $5: token metric code (tokens summed from properties.tokens); $6: cost metric code (cents).
+-- $5: token metric code (tokens summed from properties.tokens); $6: cost metric code (cents);
+-- $7: the endings of transaction ids after the request id (mapping.ts TRANSACTION_ID_SUFFIXES): a
+-- call's events are found by transaction id (its unique index), the outbox has no usage_event_id index.
 -- A call counts as delivered when all its events are; failed wins over unbillable over pending.
 WITH calls AS (
-  SELECT u.id, u.customer_id, (u.event_time AT TIME ZONE 'UTC')::date AS day, u.event_time,
+  SELECT u.id, u.request_id, u.customer_id, (u.event_time AT TIME ZONE 'UTC')::date AS day, u.event_time,
          u.tokens_input, u.tokens_output, u.total_tokens, u.cost_usd, u.cost_source, u.billable, u.source
   FROM usage_events u
   WHERE u.event_time >= $1::timestamptz AND u.event_time < $2::timestamptz
@@ -22,8 +24,9 @@ outbox AS (
            AS delivered_tokens,
          sum(e.precise_total_amount_cents) FILTER (WHERE e.state = 'delivered' AND e.code = $6::text)
            AS delivered_cents
-  FROM lago_events e
-  JOIN calls c ON c.id = e.usage_event_id
+  FROM calls c
+  CROSS JOIN unnest($7::text[]) AS s(suffix)
+  JOIN lago_events e ON e.transaction_id = c.request_id || s.suffix AND e.usage_event_id = c.id
   GROUP BY e.usage_event_id
 )
 SELECT c.customer_id AS customer,

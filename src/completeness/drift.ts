@@ -1,6 +1,7 @@
 import { query } from "../db/queries.ts";
 import { fromUnits, toUnits } from "../decimal.ts";
 import { resolveCustomer } from "../ingest/litellm-payload.ts";
+import { TRANSACTION_ID_SUFFIXES } from "../lago/mapping.ts";
 import type { Service } from "../service.ts";
 import { fromSpendLog, type SpendLogRow, SpendLogsReader, spendLogToPayload } from "./spendlogs.ts";
 
@@ -224,7 +225,8 @@ export async function drift(service: Service, opts: DriftOptions): Promise<Drift
     recentCutoff.toISOString(),
     settings.lago.metricCode,
     settings.lago.costMetricCode,
-  ]);
+    TRANSACTION_ID_SUFFIXES,
+  ] as never);
   const ledgerByKey = new Map(ledgerDays.map((d) => [keyOf(d.customer, d.day), d]));
   const keys = new Set([...buckets.keys(), ...ledgerByKey.keys()]);
   const days: DriftDay[] = [];

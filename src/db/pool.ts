@@ -5,6 +5,8 @@ export type Sql = postgres.Sql<Record<string, never>>;
 export interface PoolOptions {
   max?: number;
   applicationName?: string;
+  /** PostgreSQL ends a session idle this long inside a transaction, releasing its locks. */
+  idleInTransactionTimeoutMs?: number;
 }
 
 /** Opens a PostgreSQL pool. Connections are lazy: nothing is dialled until the first query. */
@@ -14,7 +16,12 @@ export function openPool(url: string, opts: PoolOptions = {}): Sql {
     idle_timeout: 60,
     connect_timeout: 5,
     onnotice: () => {},
-    connection: { application_name: opts.applicationName ?? "webhook-service" },
+    connection: {
+      application_name: opts.applicationName ?? "webhook-service",
+      ...(opts.idleInTransactionTimeoutMs
+        ? { idle_in_transaction_session_timeout: opts.idleInTransactionTimeoutMs }
+        : {}),
+    },
     transform: { undefined: null },
   }) as unknown as Sql;
 }

@@ -11,17 +11,47 @@ import type { Sink } from "./sink.ts";
 // Hot statements are prepared once per connection: no parse and plan per batch.
 const PREPARED = { prepare: true } as const;
 
+/** A connection reserved for one batch: its transaction holds the batch's row locks. */
+type Conn = Awaited<ReturnType<Sql["reserve"]>>;
+
 interface ClaimedEvent {
   id: string;
   transaction_id: string;
   customer_id: string;
   code: string;
   event_timestamp: number;
-  properties: Record<string, unknown>;
+  /** jsonb as text: spliced into the request body as it is. */
+  properties: string;
   precise_total_amount_cents: string | null;
   external_subscription_id: string | null;
   attempts: number;
   created_at: Date;
+  /** next_attempt_at as PostgreSQL prints it (exact): where the dispatcher's next claim starts. */
+  cursor_at: string;
+}
+
+interface Attempt {
+  success: boolean;
+  status: number | null;
+  count: number;
+  ms: number;
+  error: string | null;
+  /** Unix seconds when the answer came (webhook_logs.sent_at). */
+  at?: number;
+}
+
+/**
+ * What a claim's batches decided, kept in memory until the last of them is done and then written
+ * in one statement: delivered events (the common case, as two arrays), other settlements, attempts.
+ */
+class Outcomes {
+  readonly delivered: { id: string; status: number }[] = [];
+  readonly rows: Settlement[] = [];
+  readonly attempts: Attempt[] = [];
+  settle(rows: Settlement[], attempt: Attempt | null): void {
+    this.rows.push(...rows);
+    if (attempt) this.attempts.push(attempt);
+  }
 }
 
 interface Settlement {
@@ -35,6 +65,11 @@ interface Settlement {
 }
 
 export interface WorkerOptions {
+  /**
+   * The delivery pool: one connection per batch in flight (LAGO_WORKER_CONCURRENCY), plus the
+   * dispatcher's. Its sessions should set idle_in_transaction_session_timeout (service.ts): that is
+   * what releases the events of a worker that hangs mid-batch.
+   */
   sql: Sql;
   client: LagoClient;
   resolver: SubscriptionResolver;
@@ -45,8 +80,6 @@ export interface WorkerOptions {
   concurrency: number;
   rateLimitRps: number;
   retry: RetryPolicy;
-  /** How long a claim holds events before another worker may take them (crash recovery). */
-  leaseSeconds?: number;
   pollIntervalMs?: number;
   workerId?: string;
 }
@@ -113,19 +146,31 @@ function readRejection(details: Record<string, unknown>, size: number) {
 }
 
 /**
- * The delivery worker: one dispatcher claims due events for all free slots at once, splits them into
- * batches of LAGO_BATCH_SIZE and keeps up to LAGO_WORKER_CONCURRENCY batches in flight. It wakes on
- * NOTIFY (or a local wake) and polls as a fallback. Any number of workers can run in any number of
- * processes: claims use SKIP LOCKED and leases, settles check the lease.
+ * The delivery worker: a dispatcher keeps up to LAGO_WORKER_CONCURRENCY batches of LAGO_BATCH_SIZE
+ * in flight. Each batch is one transaction on its own connection: it locks its events
+ * (FOR UPDATE SKIP LOCKED), sends them, settles them and commits, so each event is written once per
+ * delivery, and any number of workers in any number of processes never send one event at the same
+ * time. It wakes on NOTIFY (or a local wake) and polls as a fallback. Batching works like group
+ * commit: an event arriving while nothing is in flight goes at once; while batches are in flight and
+ * the last claim took everything due, new events wait for a batch to finish and go together.
  */
 export class DeliveryWorker {
   readonly #o: Required<Omit<WorkerOptions, "metrics">> & Pick<WorkerOptions, "metrics">;
   readonly #limiter: RateLimiter;
-  readonly #inFlight = new Set<Promise<void>>();
+  /** Claims being delivered (each a transaction holding its events' row locks). */
+  readonly #claims = new Set<Promise<void>>();
+  /** Batches in flight over all claims: what LAGO_WORKER_CONCURRENCY bounds. */
+  #busy = 0;
   #running = false;
   #stopped: Promise<void> | null = null;
   #wakeResolve: (() => void) | null = null;
   #woken = false;
+  /** The last claim took every due event: new ones gather until a batch in flight finishes. */
+  #drained = false;
+  /** Events committed locally since the last claim (a full batch is claimed without waiting). */
+  #hint = 0;
+  /** The last event claimed while batches are in flight: the next claim starts after it. */
+  #cursor: { at: string; id: string } | null = null;
   #unlisten: (() => Promise<void>) | null = null;
   #lastSuccess: Date | null = null;
   #lastFailure: { at: Date; error: string } | null = null;
@@ -135,7 +180,6 @@ export class DeliveryWorker {
 
   constructor(opts: WorkerOptions) {
     this.#o = {
-      leaseSeconds: 120,
       pollIntervalMs: 1000,
       workerId: `${process.pid}-${randomUUID().slice(0, 8)}`,
       ...opts,
@@ -158,8 +202,9 @@ export class DeliveryWorker {
     return this.#lastFailure;
   }
 
-  /** Makes the dispatcher look for due events now (after a local commit, or a NOTIFY). */
-  wake(): void {
+  /** Makes the dispatcher look for due events now (after a local commit of `events`, or a NOTIFY). */
+  wake(events = 0): void {
+    this.#hint += events;
     this.#woken = true;
     this.#wakeResolve?.();
   }
@@ -181,7 +226,7 @@ export class DeliveryWorker {
     this.#running = false;
     this.wake();
     await this.#stopped;
-    await Promise.allSettled([...this.#inFlight]);
+    while (this.#claims.size > 0) await Promise.allSettled([...this.#claims]);
     await this.#unlisten?.().catch(() => undefined);
   }
 
@@ -214,9 +259,15 @@ export class DeliveryWorker {
           continue;
         }
         // After a pause only one probe batch goes out; when it succeeds the sink is ok again.
-        const free = sink.isOk ? concurrency - this.#inFlight.size : this.#inFlight.size === 0 ? 1 : 0;
+        const free = sink.isOk ? concurrency - this.#busy : this.#busy === 0 ? 1 : 0;
         if (free <= 0) {
-          await Promise.race([...this.#inFlight, this.#sleep(this.#o.pollIntervalMs)]);
+          await this.#sleep(this.#o.pollIntervalMs); // a freed slot wakes it
+          continue;
+        }
+        // Group commit: while batches are in flight and the last claim emptied the queue, what
+        // arrives waits for one of them to finish (or for a full batch) and goes in one batch.
+        if (this.#drained && this.#busy > 0 && this.#hint < batchSize) {
+          await this.#sleep(this.#o.pollIntervalMs);
           continue;
         }
         const slots = this.#limiter.take(free);
@@ -224,35 +275,11 @@ export class DeliveryWorker {
           await this.#sleep(this.#limiter.msUntilToken());
           continue;
         }
-        const lease = randomUUID();
         const probing = !sink.isOk;
-        let claimed = await this.#o.sql.unsafe<ClaimedEvent[]>(
-          query("claim_due_events"),
-          [slots * batchSize, lease, this.#o.leaseSeconds],
-          PREPARED,
-        );
-        if (claimed.length === 0 && probing) {
-          claimed = await this.#o.sql.unsafe<ClaimedEvent[]>(
-            query("claim_soonest_events"),
-            [batchSize, lease, this.#o.leaseSeconds],
-            PREPARED,
-          );
-        }
-        const batches = Math.ceil(claimed.length / batchSize);
-        this.#limiter.refund(slots - batches);
-        if (claimed.length === 0) {
-          await this.#sleep(this.#o.pollIntervalMs);
-          continue;
-        }
-        for (let i = 0; i < batches; i++) {
-          const batch = claimed.slice(i * batchSize, (i + 1) * batchSize);
-          const p = this.#deliver(batch, lease)
-            .catch((err: unknown) =>
-              log.error({ err }, "delivery batch failed; its events retry after the lease"),
-            )
-            .finally(() => this.#inFlight.delete(p));
-          this.#inFlight.add(p);
-        }
+        this.#hint = 0;
+        const started = await this.#startClaim(slots, batchSize, probing);
+        this.#limiter.refund(slots - started);
+        if (started === 0) await this.#sleep(this.#o.pollIntervalMs);
       } catch (err) {
         log.error({ err }, "delivery loop error (database unavailable?); retrying");
         this.#o.metrics?.databaseErrors.inc({ where: "delivery" });
@@ -261,38 +288,154 @@ export class DeliveryWorker {
     }
   }
 
-  async #settle(
-    lease: string,
-    rows: Settlement[],
-    attempt: {
-      success: boolean;
-      status: number | null;
-      count: number;
-      ms: number;
-      error: string | null;
-    } | null,
-  ): Promise<void> {
-    if (rows.length === 0 && attempt === null) return;
-    await this.#o.sql.unsafe(
+  /**
+   * Claims events for up to `slots` batches in one transaction on a connection of its own and
+   * leaves them delivering in the background. Returns how many batches it started.
+   */
+  async #startClaim(slots: number, batchSize: number, probing: boolean): Promise<number> {
+    const limit = slots * batchSize;
+    const conn = await this.#o.sql.reserve();
+    let claimed: ClaimedEvent[];
+    try {
+      // BEGIN and the claim are pipelined: one round trip. With claims in flight, the claim starts
+      // after the last event they took instead of stepping over the rows they hold locked.
+      const cursor = this.#busy > 0 ? this.#cursor : null;
+      [, claimed] = await Promise.all([
+        conn.unsafe("BEGIN"),
+        cursor
+          ? conn.unsafe<ClaimedEvent[]>(
+              query("claim_due_events_after"),
+              [limit, cursor.at, cursor.id],
+              PREPARED,
+            )
+          : conn.unsafe<ClaimedEvent[]>(query("claim_due_events"), [limit], PREPARED),
+      ]);
+      if (claimed.length < limit && cursor) {
+        // Past the cursor the queue is short: look from the start once (rows freed behind it).
+        const seen = new Set(claimed.map((e) => e.id));
+        const more = await conn.unsafe<ClaimedEvent[]>(
+          query("claim_due_events"),
+          [limit - claimed.length],
+          PREPARED,
+        );
+        claimed = claimed.concat(more.filter((e) => !seen.has(e.id)));
+      }
+      if (claimed.length === 0 && probing) {
+        claimed = await conn.unsafe<ClaimedEvent[]>(query("claim_soonest_events"), [batchSize], PREPARED);
+      }
+    } catch (err) {
+      await endClaim(conn, "ROLLBACK");
+      throw err;
+    }
+    this.#drained = claimed.length < limit;
+    if (claimed.length === 0) {
+      await endClaim(conn, "COMMIT");
+      return 0;
+    }
+    // Attempts are stored at the settle; in memory each event carries this attempt's number.
+    for (const e of claimed) e.attempts += 1;
+    const tail = claimed[claimed.length - 1] as ClaimedEvent;
+    if (!this.#cursor || after({ at: tail.cursor_at, id: tail.id }, this.#cursor)) {
+      this.#cursor = { at: tail.cursor_at, id: tail.id };
+    }
+    const batches = Math.ceil(claimed.length / batchSize);
+    this.#busy += batches;
+    const p = this.#runClaim(conn, claimed, batchSize, batches)
+      .catch((err: unknown) => {
+        this.#o.log.error({ err }, "delivery failed; its events are due again (nothing was settled)");
+        this.#o.metrics?.databaseErrors.inc({ where: "delivery" });
+      })
+      .finally(() => this.#claims.delete(p));
+    this.#claims.add(p);
+    return batches;
+  }
+
+  /** A batch slot is free again: the dispatcher may claim for it now. */
+  #freeSlots(n: number): void {
+    if (n <= 0) return;
+    this.#busy -= n;
+    this.#drained = false;
+    this.wake();
+  }
+
+  /**
+   * Delivers a claim: checks it, sends its batches side by side, then writes every outcome in one
+   * statement and commits. Any error before the commit rolls it all back: the events are due again
+   * (Lago's dedupe covers those it already has). Slots free up batch by batch, as each is done.
+   */
+  async #runClaim(conn: Conn, claimed: ClaimedEvent[], batchSize: number, batches: number): Promise<void> {
+    const out = new Outcomes();
+    let busy = batches;
+    try {
+      const { sink, log } = this.#o;
+      const epoch = sink.epoch;
+      let prepared: { send: ClaimedEvent[]; parked: Settlement[] } | null = null;
+      try {
+        prepared = await this.#prepare(claimed, conn);
+      } catch (err) {
+        this.#prepareFailed(claimed, out, epoch, err);
+      }
+      if (prepared) {
+        if (prepared.parked.length > 0) {
+          const unbillable = prepared.parked.filter((p) => p.state === "unbillable");
+          if (unbillable.length > 0)
+            log.warn(
+              { count: unbillable.length, reason: unbillable[0]?.error },
+              "events parked as unbillable",
+            );
+          const held = prepared.parked.filter((p) => p.state === "pending");
+          if (held.length > 0) log.info({ count: held.length, reason: held[0]?.error }, "events held");
+          out.rows.push(...prepared.parked);
+        }
+        const groups: ClaimedEvent[][] = [];
+        for (let i = 0; i < prepared.send.length; i += batchSize)
+          groups.push(prepared.send.slice(i, i + batchSize));
+        this.#freeSlots(busy - groups.length);
+        busy = groups.length;
+        await Promise.all(
+          groups.map((g) =>
+            this.#deliver(g, out, epoch).finally(() => {
+              busy--;
+              this.#freeSlots(1);
+            }),
+          ),
+        );
+      }
+      await this.#write(conn, out);
+    } catch (err) {
+      this.#freeSlots(busy);
+      await endClaim(conn, "ROLLBACK");
+      throw err;
+    }
+    this.#freeSlots(busy);
+    await endClaim(conn, "COMMIT", true);
+    this.#count(out);
+  }
+
+  /** Writes a claim's outcomes and its attempts in one statement (inside the claim's transaction). */
+  async #write(conn: Conn, out: Outcomes): Promise<void> {
+    if (out.delivered.length === 0 && out.rows.length === 0 && out.attempts.length === 0) return;
+    await conn.unsafe(
       query("settle_events"),
       [
-        lease,
-        JSON.stringify(rows),
-        attempt?.success ?? null,
-        attempt?.status ?? null,
-        attempt?.count ?? null,
-        attempt?.ms ?? null,
-        attempt?.error ?? null,
+        out.delivered.map((d) => d.id),
+        out.delivered.map((d) => d.status),
+        JSON.stringify(out.rows),
+        JSON.stringify(out.attempts),
         this.#o.workerId,
       ] as never,
       PREPARED,
     );
+  }
+
+  /** Counts what a committed claim settled. */
+  #count(out: Outcomes): void {
     const m = this.#o.metrics;
-    if (m) {
-      for (const r of rows) {
-        if (r.state === "delivered") m.delivered.inc({ duplicate: r.duplicate ? "true" : "false" });
-        else if (r.state !== "pending") m.parked.inc({ state: r.state });
-      }
+    if (!m) return;
+    if (out.delivered.length > 0) m.delivered.inc({ duplicate: "false" }, out.delivered.length);
+    for (const r of out.rows) {
+      if (r.state === "delivered") m.delivered.inc({ duplicate: r.duplicate ? "true" : "false" });
+      else if (r.state !== "pending") m.parked.inc({ state: r.state });
     }
   }
 
@@ -302,10 +445,7 @@ export class DeliveryWorker {
    * what would vanish is parked as unbillable, what cannot be decided yet (a pending subscription
    * Lago has not activated) is held, without using up attempts, until the age limit.
    */
-  async #prepare(
-    batch: ClaimedEvent[],
-    lease: string,
-  ): Promise<{ send: ClaimedEvent[]; parked: Settlement[] }> {
+  async #prepare(batch: ClaimedEvent[], conn: Conn): Promise<{ send: ClaimedEvent[]; parked: Settlement[] }> {
     const { resolver, sink, retry } = this.#o;
     for (const code of new Set(batch.map((e) => e.code))) {
       if (!(await resolver.metricExists(code))) {
@@ -360,43 +500,35 @@ export class DeliveryWorker {
       send.push(e);
     }
     if (frozen.length > 0) {
-      await this.#o.sql.unsafe(query("freeze_subscriptions"), [lease, JSON.stringify(frozen)]);
+      // The subscriptions must be stored before the send, so a resend after a crash goes to the same
+      // subscription: commit them, then lock the batch again in a new transaction.
+      await conn.unsafe(query("freeze_subscriptions"), [JSON.stringify(frozen)]);
+      await conn.unsafe("COMMIT");
+      const [, rows] = await Promise.all([
+        conn.unsafe("BEGIN"),
+        conn.unsafe<{ id: string }[]>(query("relock_events"), [batch.map((e) => e.id)] as never),
+      ]);
+      const held = new Set(rows.map((r) => r.id));
+      return { send: send.filter((e) => held.has(e.id)), parked: parked.filter((p) => held.has(p.id)) };
     }
     return { send, parked };
   }
 
-  async #deliver(claimed: ClaimedEvent[], lease: string): Promise<void> {
-    const { sink, log } = this.#o;
-    const epoch = sink.epoch;
-    let prepared: { send: ClaimedEvent[]; parked: Settlement[] };
-    try {
-      prepared = await this.#prepare(claimed, lease);
-    } catch (err) {
-      await this.#prepareFailed(claimed, lease, epoch, err);
-      return;
-    }
-    if (prepared.parked.length > 0) {
-      const unbillable = prepared.parked.filter((p) => p.state === "unbillable");
-      if (unbillable.length > 0)
-        log.warn({ count: unbillable.length, reason: unbillable[0]?.error }, "events parked as unbillable");
-      const held = prepared.parked.filter((p) => p.state === "pending");
-      if (held.length > 0) log.info({ count: held.length, reason: held[0]?.error }, "events held");
-      await this.#settle(lease, prepared.parked, null);
-    }
-    let rest = prepared.send;
+  /** Sends one batch (and, after a 422, the events Lago did not object to), recording outcomes. */
+  async #deliver(batch: ClaimedEvent[], out: Outcomes, epoch: number): Promise<void> {
+    let rest = batch;
     // A 422 rejects the whole batch: the events Lago did not object to are sent again at once; after
     // too_many_events, in smaller batches. Bounded, so a Lago answering nonsense cannot spin a slot.
     for (let round = 0; rest.length > 0 && round < 12; round++) {
       const size = this.#batchSize;
       const again: ClaimedEvent[] = [];
       for (let i = 0; i < rest.length; i += size) {
-        again.push(...(await this.#sendOnce(rest.slice(i, i + size), lease, epoch)));
+        again.push(...(await this.#sendOnce(rest.slice(i, i + size), out, epoch)));
       }
       rest = again;
     }
     if (rest.length > 0) {
-      await this.#settle(
-        lease,
+      out.settle(
         rest.map((e) => ({ id: e.id, state: "pending", delay_s: 1, uncount: 0 })),
         null,
       );
@@ -408,7 +540,7 @@ export class DeliveryWorker {
    * holds everything without using up attempts; Lago being unreachable counts as an attempt (so a
    * long outage still ends in failed, reprocessable events after LAGO_MAX_ATTEMPTS or the age limit).
    */
-  async #prepareFailed(claimed: ClaimedEvent[], lease: string, epoch: number, err: unknown): Promise<void> {
+  #prepareFailed(claimed: ClaimedEvent[], out: Outcomes, epoch: number, err: unknown): void {
     const { sink, retry } = this.#o;
     const error = err instanceof Error ? err.message : String(err);
     this.#lastFailure = { at: new Date(), error };
@@ -416,8 +548,7 @@ export class DeliveryWorker {
     if (status === 429) {
       const ms = sink.rateLimited((err as LagoUnavailableError).wait, epoch);
       this.#o.metrics?.rateLimited.inc();
-      await this.#settle(
-        lease,
+      out.settle(
         claimed.map((e) => ({ id: e.id, state: "pending", delay_s: ms / 1000, error, uncount: 1, status })),
         null,
       );
@@ -426,26 +557,25 @@ export class DeliveryWorker {
     if (err instanceof MetricMissing || status === 401 || status === 403) {
       if (status === 401 || status === 403) sink.authFailed(`${status} from Lago`, epoch);
       const delay = err instanceof MetricMissing ? 60 : 30;
-      await this.#settle(
-        lease,
+      out.settle(
         claimed.map((e) => ({ id: e.id, state: "pending", delay_s: delay, error, uncount: 1, status })),
         null,
       );
       return;
     }
     sink.failed(error, epoch);
-    await this.#settle(lease, retryOrFail(retry, claimed, error, status, Date.now()), null);
+    out.settle(retryOrFail(retry, claimed, error, status, Date.now()), null);
   }
 
   /** Sends one batch and settles it; returns the events to resend immediately (after a 422). */
-  async #sendOnce(events: ClaimedEvent[], lease: string, epoch: number): Promise<ClaimedEvent[]> {
+  async #sendOnce(events: ClaimedEvent[], out: Outcomes, epoch: number): Promise<ClaimedEvent[]> {
     const { client, sink, log, metrics, retry } = this.#o;
     const body: LagoEventBody[] = events.map((e) => ({
       transaction_id: e.transaction_id,
       external_subscription_id: e.external_subscription_id as string,
       code: e.code,
       timestamp: e.event_timestamp,
-      properties: e.properties,
+      properties_json: e.properties,
       ...(e.precise_total_amount_cents === null
         ? {}
         : { precise_total_amount_cents: e.precise_total_amount_cents }),
@@ -454,7 +584,8 @@ export class DeliveryWorker {
     const outcome: BatchOutcome = await client.sendBatch(body);
     const ms = Math.round(performance.now() - started);
     metrics?.requestSeconds.observe({ status_class: statusClass(outcome.status) }, ms / 1000);
-    const attempt = {
+    const attempt: Attempt = {
+      at: Date.now() / 1000,
       success: outcome.kind === "ok",
       status: outcome.status,
       count: events.length,
@@ -471,17 +602,14 @@ export class DeliveryWorker {
       case "ok": {
         this.#lastSuccess = new Date();
         if (sink.succeeded(epoch)) this.#afterRecovery();
-        await this.#settle(
-          lease,
-          events.map((e) => ({ id: e.id, state: "delivered", status: outcome.status })),
-          attempt,
-        );
+        out.delivered.push(...events.map((e) => ({ id: e.id, status: outcome.status })));
+        out.attempts.push(attempt);
         metrics?.lagSeconds && this.#observeLag(events, now);
         return [];
       }
       case "rejected": {
         if (sink.succeeded(epoch)) this.#afterRecovery();
-        if (batchTooLong(outcome.details)) return this.#tooManyEvents(events, lease, attempt);
+        if (batchTooLong(outcome.details)) return this.#tooManyEvents(events, out, attempt);
         const { duplicate, invalid } = readRejection(outcome.details, events.length);
         const settled: Settlement[] = [];
         const resend: ClaimedEvent[] = [];
@@ -499,14 +627,13 @@ export class DeliveryWorker {
         if (settled.length === 0) {
           // Lago objected to something it did not index: park the batch rather than loop.
           const error = `Lago answered 422 without index-keyed errors: ${JSON.stringify(outcome.details).slice(0, 500)}`;
-          await this.#settle(
-            lease,
+          out.settle(
             events.map((e) => ({ id: e.id, state: "failed", error, status: 422 })),
             attempt,
           );
           return [];
         }
-        await this.#settle(lease, settled, attempt);
+        out.settle(settled, attempt);
         return resend;
       }
       case "rate_limited": {
@@ -516,8 +643,7 @@ export class DeliveryWorker {
         if (outcome.limit !== null && this.#limiter.capAt(Math.max(1, Math.floor(outcome.limit * 0.9)))) {
           log.warn({ limit: outcome.limit }, "Lago rate limit reached; capping requests per second below it");
         }
-        await this.#settle(
-          lease,
+        out.settle(
           events.map((e) => ({
             id: e.id,
             state: "pending",
@@ -536,8 +662,7 @@ export class DeliveryWorker {
           { status: outcome.status },
           "Lago refused the API key: nothing is sent until LAGO_API_KEY works; events stay pending",
         );
-        await this.#settle(
-          lease,
+        out.settle(
           events.map((e) => ({
             id: e.id,
             state: "pending",
@@ -555,11 +680,7 @@ export class DeliveryWorker {
         if (outcome.kind === "retryable") sink.failed(outcome.error, epoch);
         this.#lastFailure = { at: new Date(), error: outcome.error };
         const refused = outcome.kind === "invalid" ? "Lago refused the request" : null;
-        await this.#settle(
-          lease,
-          retryOrFail(retry, events, outcome.error, outcome.status, now, refused),
-          attempt,
-        );
+        out.settle(retryOrFail(retry, events, outcome.error, outcome.status, now, refused), attempt);
         return [];
       }
     }
@@ -569,21 +690,17 @@ export class DeliveryWorker {
    * Lago refused the batch's length (`too_many_events`: self-hosted Lago's LAGO_EVENTS_BATCH_MAX_LENGTH
    * is below ours). Nothing was stored: halve the batch size for good and send the same events again.
    */
-  async #tooManyEvents(
-    events: ClaimedEvent[],
-    lease: string,
-    attempt: { success: boolean; status: number | null; count: number; ms: number; error: string | null },
-  ): Promise<ClaimedEvent[]> {
+  #tooManyEvents(events: ClaimedEvent[], out: Outcomes, attempt: Attempt): ClaimedEvent[] {
     const { log, metrics } = this.#o;
     if (events.length <= 1) {
       // Lago takes not even one event per batch: a Lago misconfiguration no resend can fix.
       const error =
         "Lago answered too_many_events to a batch of one event: check LAGO_EVENTS_BATCH_MAX_LENGTH on the Lago side";
       this.#lastFailure = { at: new Date(), error };
-      await this.#settle(lease, retryOrFail(this.#o.retry, events, error, 422, Date.now()), attempt);
+      out.settle(retryOrFail(this.#o.retry, events, error, 422, Date.now()), attempt);
       return [];
     }
-    await this.#settle(lease, [], attempt);
+    out.settle([], attempt);
     const next = Math.max(1, Math.floor(events.length / 2));
     if (next < this.#batchSize) {
       this.#batchSize = next;
@@ -632,6 +749,28 @@ function retryOrFail(
     if (gaveUp) return { id: e.id, state: "failed", error: `${gaveUp}: ${error}`, status };
     return { id: e.id, state: "pending", delay_s: backoffMs(retry, e.attempts) / 1000, error, status };
   });
+}
+
+/**
+ * Ends a claim's transaction and gives its connection back. A connection whose COMMIT or ROLLBACK
+ * fails is broken: postgres.js drops it, and PostgreSQL releases the locks with the session.
+ */
+async function endClaim(conn: Conn, how: "COMMIT" | "ROLLBACK", rethrow = false): Promise<void> {
+  try {
+    await conn.unsafe(how);
+  } catch (err) {
+    if (rethrow) throw err;
+  } finally {
+    conn.release();
+  }
+}
+
+/**
+ * True when a comes after b in claim order (next_attempt_at, id). Both timestamps are printed by the
+ * same pool's sessions (one format and time zone), where text order is time order.
+ */
+function after(a: { at: string; id: string }, b: { at: string; id: string }): boolean {
+  return a.at === b.at ? BigInt(a.id) > BigInt(b.id) : a.at > b.at;
 }
 
 /** How long an event waits for a pending subscription Lago has not activated yet. */

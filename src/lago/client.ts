@@ -22,8 +22,26 @@ export interface LagoEventBody {
   external_subscription_id: string;
   code: string;
   timestamp: number;
-  properties: Record<string, unknown>;
+  /** The properties object as JSON text, as PostgreSQL printed the jsonb (spliced in, not re-encoded). */
+  properties_json: string;
   precise_total_amount_cents?: string;
+}
+
+/**
+ * The batch body, written directly: the properties come from PostgreSQL as JSON text and go out as
+ * they are, without a parse and a re-serialisation per event.
+ */
+export function batchBody(events: LagoEventBody[]): string {
+  let out = '{"events":[';
+  for (let i = 0; i < events.length; i++) {
+    const e = events[i] as LagoEventBody;
+    if (i > 0) out += ",";
+    out += `{"transaction_id":${JSON.stringify(e.transaction_id)},"external_subscription_id":${JSON.stringify(e.external_subscription_id)},"code":${JSON.stringify(e.code)},"timestamp":${JSON.stringify(e.timestamp)},"properties":${e.properties_json}`;
+    if (e.precise_total_amount_cents !== undefined)
+      out += `,"precise_total_amount_cents":${JSON.stringify(e.precise_total_amount_cents)}`;
+    out += "}";
+  }
+  return `${out}]}`;
 }
 
 export interface LagoResponse {
@@ -93,8 +111,17 @@ export class LagoClient {
     });
   }
 
-  /** One request; the body is always consumed. Throws only on network errors and timeouts. */
-  async request(method: "GET" | "POST" | "PUT", path: string, body?: unknown): Promise<LagoResponse> {
+  /**
+   * One request; the body is always consumed. Throws only on network errors and timeouts. A string
+   * body is sent as it is (already JSON). With skipOkBody, a 2xx answer's body is read and dropped
+   * unparsed (Lago answers a batch with every event echoed; nothing in it is needed).
+   */
+  async request(
+    method: "GET" | "POST" | "PUT",
+    path: string,
+    body?: unknown,
+    opts: { skipOkBody?: boolean } = {},
+  ): Promise<LagoResponse> {
     const res = await this.#pool.request({
       method,
       path,
@@ -103,8 +130,12 @@ export class LagoClient {
         accept: "application/json",
         ...(body === undefined ? {} : { "content-type": "application/json" }),
       },
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
     });
+    if (opts.skipOkBody && res.statusCode >= 200 && res.statusCode < 300) {
+      await res.body.dump({ limit: Number.POSITIVE_INFINITY });
+      return { status: res.statusCode, body: null, headers: res.headers };
+    }
     const text = await res.body.text();
     let parsed: unknown = text;
     try {
@@ -119,7 +150,7 @@ export class LagoClient {
   async sendBatch(events: LagoEventBody[]): Promise<BatchOutcome> {
     let res: LagoResponse;
     try {
-      res = await this.request("POST", "/api/v1/events/batch", { events });
+      res = await this.request("POST", "/api/v1/events/batch", batchBody(events), { skipOkBody: true });
     } catch (err) {
       return { kind: "retryable", status: null, error: errorSummary(err) };
     }

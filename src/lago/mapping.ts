@@ -14,7 +14,15 @@ export interface OutgoingEvent {
   externalSubscriptionId: string | null;
 }
 
-export type TokenType = "input" | "output" | "cached_input" | "cache_write" | "reasoning";
+export const TOKEN_TYPES = ["input", "output", "cached_input", "cache_write", "reasoning"] as const;
+export type TokenType = (typeof TOKEN_TYPES)[number];
+
+/**
+ * Every ending a Lago transaction id can have after its call's request id (`<request id>:<ending>`):
+ * one per token type, and `cost`. Queries find a call's outbox events by these (drift_ledger.sql)
+ * through the unique transaction_id index, so none is needed on usage_event_id.
+ */
+export const TRANSACTION_ID_SUFFIXES: readonly string[] = [...TOKEN_TYPES.map((t) => `:${t}`), ":cost"];
 
 /**
  * Splits a call's tokens into disjoint billable parts: uncached input, cache reads, cache writes,
@@ -57,7 +65,7 @@ export function toLagoEvents(r: UsageRecord, settings: Settings["lago"]): Outgoi
       (toUnits(r.costUsd) * 100n * (UNIT * 100n + toUnits(settings.costMarkupPercent))) / (UNIT * 100n);
     return [
       {
-        transactionId: `${r.requestId}:cost`,
+        transactionId: `${r.requestId}:cost`, // TRANSACTION_ID_SUFFIXES
         code: settings.costMetricCode,
         timestamp: r.timestamp,
         // Lago's dynamic charge bills nothing when the aggregated field sums to 0: send one unit per call.
