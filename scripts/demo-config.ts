@@ -3,6 +3,9 @@
  * upstream (the fake one `scripts/stack.sh up --demo` starts). Public model names, prices
  * (model_info), the billing callback, the cache and every other setting stay as they are; only each
  * model's litellm_params change, so no provider key is needed and every call is billed as usual.
+ * The response cache gets a namespace of its own per generated config (each `up --demo`): the
+ * machine's Redis outlives the demo, and a quick-start call repeated within the cache's TTL would
+ * otherwise be answered from the previous demo's cache, and, as a cache hit, not billed.
  *
  *   node scripts/demo-config.ts <config.yaml> <out.yaml> <upstream base URL, e.g. http://127.0.0.1:4010/v1>
  */
@@ -33,7 +36,20 @@ export function demoConfig(configText: string, upstream: string): Record<string,
   if (!Array.isArray(config.model_list) || config.model_list.length === 0) {
     throw new Error("the config has no model_list: nothing to point at the demo upstream");
   }
-  return { ...config, model_list: demoModels(config.model_list, upstream) };
+  const settings = config.litellm_settings as { cache_params?: Record<string, unknown> } | undefined;
+  const cacheParams = settings?.cache_params;
+  return {
+    ...config,
+    model_list: demoModels(config.model_list, upstream),
+    ...(settings && cacheParams
+      ? {
+          litellm_settings: {
+            ...settings,
+            cache_params: { ...cacheParams, namespace: `lago-billing-demo-${Date.now().toString(36)}` },
+          },
+        }
+      : {}),
+  };
 }
 
 function main(): void {
