@@ -122,16 +122,16 @@ export class Ledger {
   async #commit(jobs: Job[]): Promise<void> {
     // First occurrence of a request id in this commit is the candidate; later ones are judged against it.
     const candidates = new Map<string, { record: UsageRecord; fp: string }>();
-    const rows: unknown[] = [];
-    const events: unknown[] = [];
+    const rows = new Columns(USAGE_COLUMNS);
+    const events = new Columns(EVENT_COLUMNS);
     const perJob: { record: UsageRecord; fp: string; first: boolean }[][] = [];
     for (const job of jobs) {
       const entries = job.records.map((record) => {
         const fp = fingerprint(record);
         if (candidates.has(record.requestId)) return { record, fp, first: false };
         candidates.set(record.requestId, { record, fp });
-        rows.push(toRow(record, fp));
-        for (const e of this.#opts.mapEvents(record)) events.push(toEventRow(record, e));
+        rows.add(toRow(record, fp));
+        for (const e of this.#opts.mapEvents(record)) events.add(toEventRow(record, e));
         return { record, fp, first: true };
       });
       perJob.push(entries);
@@ -145,7 +145,7 @@ export class Ledger {
       let outgoing = 0;
       const res = await this.#sql.unsafe<{ request_id: string; outgoing: number }[]>(
         query("insert_usage"),
-        [JSON.stringify(rows), JSON.stringify(events)],
+        [...rows.arrays, ...events.arrays] as never,
         PREPARED,
       );
       for (const r of res) {
@@ -219,6 +219,68 @@ export class Ledger {
       });
       job.resolve(outcomes);
     });
+  }
+}
+
+const USAGE_COLUMNS = [
+  "request_id",
+  "event_time",
+  "customer_id",
+  "user_id",
+  "team_id",
+  "org_id",
+  "api_key_hash",
+  "model",
+  "provider",
+  "call_type",
+  "status",
+  "tokens_input",
+  "tokens_output",
+  "tokens_cached",
+  "tokens_cache_write",
+  "tokens_reasoning",
+  "total_tokens",
+  "cost_usd",
+  "cost_source",
+  "billable",
+  "not_billable_reason",
+  "source",
+  "fingerprint",
+  "metadata",
+] as const;
+const EVENT_COLUMNS = [
+  "request_id",
+  "transaction_id",
+  "customer_id",
+  "code",
+  "event_timestamp",
+  "properties",
+  "precise_total_amount_cents",
+  "external_subscription_id",
+] as const;
+// JSON-valued and boolean columns go as text (cast in SQL): postgres.js infers an array's type from
+// its elements and would send a boolean array as one boolean.
+const JSON_COLUMNS = new Set(["metadata", "properties"]);
+
+/** Rows as one array per column, in insert_usage.sql's parameter order. */
+class Columns {
+  readonly arrays: unknown[][];
+  readonly #names: readonly string[];
+  readonly #json: boolean[];
+  length = 0;
+  constructor(names: readonly string[]) {
+    this.#names = names;
+    this.#json = names.map((n) => JSON_COLUMNS.has(n));
+    this.arrays = names.map(() => []);
+  }
+  add(row: Record<string, unknown>): void {
+    for (let i = 0; i < this.#names.length; i++) {
+      const v = row[this.#names[i] as string] ?? null;
+      (this.arrays[i] as unknown[]).push(
+        v === null ? null : this.#json[i] ? JSON.stringify(v) : typeof v === "boolean" ? String(v) : v,
+      );
+    }
+    this.length++;
   }
 }
 
