@@ -149,9 +149,8 @@ async function main() {
       "",
       table(rows),
       "",
-      `target single-event >= 3,000 events/s (16 clients): ${fmt(single16)} -> ${verdict(single16 >= 3000)}`,
-      `target batch >= 30,000 events/s: ${fmt(batch1000)} -> ${verdict(batch1000 >= 30_000)}`,
-      `target batch >= 50 % of the raw insert rate: ${fmt((batch1000 / limit) * 100)} % -> ${verdict(batch1000 >= limit / 2)}`,
+      `target single-event >= 4,000 events/s (16 clients; judged on the median of three runs): ${fmt(single16)} -> ${verdict(single16 >= 4000)} in this run`,
+      `target batch of 1000 >= 70 % of the raw insert rate of this run: ${fmt((batch1000 / limit) * 100)} % -> ${verdict(batch1000 >= limit * 0.7)}`,
       `correctness: ${count?.calls} calls stored, ${expected} acknowledged (HTTP and raw inserts), ${count?.events} outbox rows`,
     ].join("\n");
     process.stdout.write(`${report}\n`);

@@ -94,19 +94,20 @@ export function createService(settings: Settings, log: Logger, opts: { worker: b
           },
         })
       : null;
-  // Other processes' workers hear of commits by NOTIFY: sent at once when none went out in the last
-  // 20 ms (no wait at low rates), else once at the end of those 20 ms (a bounded rate under load).
+  // Other processes' workers hear of commits by NOTIFY, coalesced to one per 20 ms at most. Without a
+  // local worker it goes at once when none went out in the last 20 ms (no wait at low rates); with
+  // one, which is woken directly, at the end of the 20 ms, carrying its id so that it ignores it.
   let notifyTimer: NodeJS.Timeout | null = null;
   let lastNotify = 0;
   const sendNotify = () => {
     notifyTimer = null;
     lastNotify = Date.now();
-    sql`SELECT pg_notify('lago_events', '')`.catch(() => undefined);
+    sql`SELECT pg_notify('lago_events', ${worker?.id ?? ""})`.catch(() => undefined);
   };
   const notify = (events: number) => {
     worker?.wake(events);
     if (notifyTimer) return;
-    const wait = lastNotify + 20 - Date.now();
+    const wait = worker ? 20 : lastNotify + 20 - Date.now();
     if (wait <= 0) sendNotify();
     else notifyTimer = setTimeout(sendNotify, wait);
   };

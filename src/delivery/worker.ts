@@ -189,6 +189,11 @@ export class DeliveryWorker {
     opts.metrics?.batchSize.set(opts.batchSize);
   }
 
+  /** This worker's id: webhook_logs.worker_id, and the payload of its own process's NOTIFYs. */
+  get id(): string {
+    return this.#o.workerId;
+  }
+
   /** Events per request now, and why it is below LAGO_BATCH_SIZE (null when it is not). */
   get batchSize(): { effective: number; configured: number; reason: string | null } {
     return { effective: this.#batchSize, configured: this.#o.batchSize, reason: this.#batchSizeReason };
@@ -213,7 +218,10 @@ export class DeliveryWorker {
     if (this.#running) return;
     this.#running = true;
     try {
-      const sub = await this.#o.sql.listen("lago_events", () => this.wake());
+      // A NOTIFY whose payload is our own id came from this process's ingest, which woke us directly.
+      const sub = await this.#o.sql.listen("lago_events", (payload) => {
+        if (payload !== this.#o.workerId) this.wake();
+      });
       this.#unlisten = sub.unlisten;
     } catch (err) {
       this.#o.log.warn({ err }, "LISTEN failed; the worker polls instead");
@@ -401,14 +409,19 @@ export class DeliveryWorker {
           ),
         );
       }
-      await this.#write(conn, out);
     } catch (err) {
       this.#freeSlots(busy);
       await endClaim(conn, "ROLLBACK");
       throw err;
     }
     this.#freeSlots(busy);
-    await endClaim(conn, "COMMIT", true);
+    // The outcomes and the COMMIT are pipelined (one round trip): should the write fail, PostgreSQL
+    // answers the COMMIT of the failed transaction with a rollback, and the events are due again.
+    try {
+      await Promise.all([this.#write(conn, out), conn.unsafe("COMMIT")]);
+    } finally {
+      conn.release();
+    }
     this.#count(out);
   }
 
