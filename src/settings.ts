@@ -5,6 +5,10 @@
 export type BillingMode = "tokens" | "cost";
 export type SubscriptionMapping = "same" | "template" | "lookup";
 export type AttributionSource = "end_user" | "user_id" | "team_id" | "org_id" | "key_alias";
+/** off: nothing is decided or enforced; observe: decided and published, the proxy only logs; enforce: the proxy rejects. */
+export type EnforcementMode = "off" | "observe" | "enforce";
+/** What the proxy does when Redis or the service cannot tell it who is blocked. */
+export type FailMode = "open" | "closed";
 
 export interface Settings {
   host: string;
@@ -51,6 +55,28 @@ export interface Settings {
     safetyLagSeconds: number;
     databaseUrl: string;
   };
+  entitlements: EntitlementSettings;
+}
+
+/** Prepaid credits and spending limits from Lago, enforced at the proxy (README "Prepaid credits and limits"). */
+export interface EntitlementSettings {
+  mode: EnforcementMode;
+  failMode: FailMode;
+  /** A customer with a prepaid wallet is blocked once its remaining credit is at or below this. */
+  minBalanceCents: number;
+  refreshIntervalSeconds: number;
+  /** Most requests per second the refresh sends to Lago (wallets, subscriptions, alerts, usage). */
+  refreshRps: number;
+  /** The code of the Lago alert threshold that is a hard spending limit. */
+  limitThresholdCode: string;
+  /** The markup the customer pays on the provider cost, as the ledger prices calls against credit. */
+  priceMarkupPercent: number;
+  /** The organization's HMAC key (Lago → Developers → Webhooks), for X-Lago-Signature-Algorithm: hmac. */
+  hmacKey: string | undefined;
+  /** Lago's RSA public key (PEM, or base64 of the PEM as Lago serves it); fetched from Lago when unset. */
+  publicKey: string | undefined;
+  /** Prefix of the Redis keys the proxies read (two deployments may share one Redis). */
+  redisPrefix: string;
 }
 
 export class SettingsError extends Error {
@@ -143,6 +169,14 @@ export function loadSettings(env: Env = process.env): Settings {
     throw new SettingsError("LAGO_SUBSCRIPTION_TEMPLATE must contain {customer_id}, e.g. sub_{customer_id}");
   }
   const databaseUrl = str(env, "DATABASE_URL", "postgres://postgres@127.0.0.1:5432/litellm");
+  const billingMode = oneOf(env, "LAGO_BILLING_MODE", "tokens", ["tokens", "cost"] as const);
+  const costMarkupPercent = num(env, "LAGO_COST_MARKUP_PERCENT", 0, 0, 10_000);
+  const entitlements = loadEntitlementSettings(env, {
+    billingMode,
+    costMarkupPercent,
+    redis: optional(env, "REDIS_URL") !== undefined,
+    lago: lagoUrl !== undefined && optional(env, "LAGO_API_KEY") !== undefined,
+  });
   return {
     host: str(env, "HOST", "0.0.0.0"),
     port: int(env, "PORT", 3001, 0, 65535),
@@ -153,10 +187,10 @@ export function loadSettings(env: Env = process.env): Settings {
     lago: {
       url: lagoUrl?.replace(/\/+$/, "").replace(/\/api\/v1$/, ""),
       apiKey: optional(env, "LAGO_API_KEY"),
-      billingMode: oneOf(env, "LAGO_BILLING_MODE", "tokens", ["tokens", "cost"] as const),
+      billingMode,
       metricCode: str(env, "LAGO_METRIC_CODE", "llm_tokens"),
       costMetricCode: str(env, "LAGO_COST_METRIC_CODE", "llm_cost"),
-      costMarkupPercent: num(env, "LAGO_COST_MARKUP_PERCENT", 0, 0, 10_000),
+      costMarkupPercent,
       subscriptionMapping: oneOf(env, "LAGO_SUBSCRIPTION_MAPPING", "same", [
         "same",
         "template",
@@ -192,5 +226,43 @@ export function loadSettings(env: Env = process.env): Settings {
       safetyLagSeconds: num(env, "RECONCILE_SAFETY_LAG_SECONDS", 120, 0),
       databaseUrl: str(env, "LITELLM_DATABASE_URL", databaseUrl),
     },
+    entitlements,
+  };
+}
+
+/**
+ * The entitlement settings. Enforcement needs Lago (to read wallets and subscriptions) and Redis (to
+ * tell the proxies), so observe/enforce without them is refused at start rather than silently inert.
+ */
+function loadEntitlementSettings(
+  env: Env,
+  ctx: { billingMode: BillingMode; costMarkupPercent: number; redis: boolean; lago: boolean },
+): EntitlementSettings {
+  const mode = oneOf(env, "ENFORCEMENT", "off", ["off", "observe", "enforce"] as const);
+  if (mode !== "off" && !ctx.lago) {
+    throw new SettingsError(
+      `ENFORCEMENT=${mode} needs Lago: set LAGO_API_URL and LAGO_API_KEY (wallets and subscriptions are read there)`,
+    );
+  }
+  if (mode !== "off" && !ctx.redis) {
+    throw new SettingsError(
+      `ENFORCEMENT=${mode} needs Redis: set REDIS_URL (the proxies read who is blocked there), ` +
+        "and give the proxy the same Redis in LAGO_ENTITLEMENTS_REDIS_URL",
+    );
+  }
+  const publicKey = optional(env, "LAGO_WEBHOOK_PUBLIC_KEY");
+  // In cost mode the markup is on each event already; in tokens mode it is in the plan's prices.
+  const markup = ctx.billingMode === "cost" ? ctx.costMarkupPercent : 0;
+  return {
+    mode,
+    failMode: oneOf(env, "ENFORCEMENT_FAIL_MODE", "open", ["open", "closed"] as const),
+    minBalanceCents: num(env, "ENTITLEMENT_MIN_BALANCE_CENTS", 0, -1e12, 1e12),
+    refreshIntervalSeconds: num(env, "ENTITLEMENT_REFRESH_INTERVAL_SECONDS", 60, 1, 86_400),
+    refreshRps: num(env, "ENTITLEMENT_REFRESH_RPS", 5, 0.1, 1000),
+    limitThresholdCode: str(env, "ENTITLEMENT_LIMIT_THRESHOLD_CODE", "hard_limit"),
+    priceMarkupPercent: num(env, "ENTITLEMENT_PRICE_MARKUP_PERCENT", markup, 0, 10_000),
+    hmacKey: optional(env, "LAGO_WEBHOOK_HMAC_KEY"),
+    publicKey,
+    redisPrefix: str(env, "ENTITLEMENT_REDIS_PREFIX", "lago-billing:entitlements:v1:"),
   };
 }
