@@ -108,3 +108,120 @@ export function createMetrics(): Metrics {
     }),
   };
 }
+
+/** Metrics of prepaid credits and limits (src/entitlements/): gauges read at scrape, counters as things happen. */
+export interface EntitlementMetrics {
+  /** Tracked customers by state (set at scrape from PostgreSQL). */
+  customers: Gauge<"state">;
+  /** Blocked customers by reason (set at scrape). */
+  blocked: Gauge<"reason">;
+  /** Changes of decision, by the new state, reason and what caused them. */
+  decisions: Counter<"state" | "reason" | "source">;
+  /** Lago webhooks received, by type (unknown types as "unknown") and outcome. */
+  webhooks: Counter<"type" | "outcome">;
+  /** Refreshes of a customer from Lago's API. */
+  refreshes: Counter<"outcome">;
+  /** 429 answers to the refresh's reads (each pauses them as Lago asks). */
+  lagoRateLimited: Counter;
+  /** Seconds since the oldest complete Lago refresh among customers with a wallet, a limit or a block. */
+  oldestRefreshAge: Gauge;
+  /** Seconds since the engine's leader last published to Redis (decisions or the heartbeat's meta). */
+  publishAge: Gauge;
+  /** Calls the proxies rejected (enforce) or would have (observe), by reason: their totals in Redis. */
+  proxyRejections: Gauge<"mode" | "reason">;
+  /** The oldest cache among proxies that polled in the last minute: how old the data they decide on is. */
+  proxyCacheAge: Gauge;
+  /** Proxies (seen in the last minute) that cannot read Redis or see no heartbeat, applying ENFORCEMENT_FAIL_MODE. */
+  proxiesUnavailable: Gauge;
+}
+
+/**
+ * `collect` sets the entitlement gauges from PostgreSQL and Redis at each scrape. prom-client reads
+ * the metrics of a registry concurrently, so every gauge awaits the same run of it.
+ */
+export function createEntitlementMetrics(
+  registry: Registry,
+  collect: () => Promise<void> = async () => {},
+): EntitlementMetrics {
+  const p = "lago_billing_entitlement_";
+  let run: Promise<void> | null = null;
+  let ranAt = 0;
+  const once = (): Promise<void> => {
+    if (!run || Date.now() - ranAt > 250) {
+      ranAt = Date.now();
+      run = collect().catch(() => undefined);
+    }
+    return run;
+  };
+  const m: EntitlementMetrics = {
+    customers: new Gauge({
+      name: `${p}customers`,
+      help: "Customers tracked for entitlements, by state (allowed, blocked)",
+      labelNames: ["state"],
+      registers: [registry],
+      collect: once,
+    }),
+    blocked: new Gauge({
+      name: `${p}blocked_customers`,
+      help: "Blocked customers by reason",
+      labelNames: ["reason"],
+      registers: [registry],
+      collect: once,
+    }),
+    decisions: new Counter({
+      name: `${p}decisions_total`,
+      help: "Changes of a customer's entitlement, by new state, reason and source (ledger, refresh, webhook, manual, engine)",
+      labelNames: ["state", "reason", "source"],
+      registers: [registry],
+    }),
+    webhooks: new Counter({
+      name: "lago_billing_lago_webhooks_received_total",
+      help: "Lago webhooks received at POST /webhooks/lago, by type and outcome (applied, stale, refresh, ignored, unknown, unmatched, duplicate, bad_signature, invalid)",
+      labelNames: ["type", "outcome"],
+      registers: [registry],
+    }),
+    refreshes: new Counter({
+      name: `${p}refreshes_total`,
+      help: "Refreshes of a customer from Lago's API, by outcome (ok, error, rate_limited)",
+      labelNames: ["outcome"],
+      registers: [registry],
+    }),
+    lagoRateLimited: new Counter({
+      name: `${p}lago_rate_limited_total`,
+      help: "429 answers from Lago to the entitlement refresh's reads (each pauses them as Lago asks)",
+      registers: [registry],
+    }),
+    oldestRefreshAge: new Gauge({
+      name: `${p}oldest_refresh_age_seconds`,
+      help: "Age of the oldest complete Lago refresh among customers with a wallet, a limit or a block",
+      registers: [registry],
+      collect: once,
+    }),
+    publishAge: new Gauge({
+      name: `${p}publish_age_seconds`,
+      help: "Seconds since this process (as the engine's leader) last published decisions to Redis; absent when not leading",
+      registers: [registry],
+      collect: once,
+    }),
+    proxyRejections: new Gauge({
+      name: `${p}proxy_rejections`,
+      help: "Calls the proxies rejected (mode=enforce) or would have rejected (mode=observe) since Redis was last emptied, by reason (totals read from Redis; the same on every replica)",
+      labelNames: ["mode", "reason"],
+      registers: [registry],
+      collect: once,
+    }),
+    proxyCacheAge: new Gauge({
+      name: `${p}proxy_cache_age_seconds`,
+      help: "Decision age at the proxies: the oldest entitlement cache among proxies that polled Redis in the last minute",
+      registers: [registry],
+      collect: once,
+    }),
+    proxiesUnavailable: new Gauge({
+      name: `${p}proxies_unavailable`,
+      help: "Proxies that polled in the last minute but cannot read the entitlements (they apply ENFORCEMENT_FAIL_MODE)",
+      registers: [registry],
+      collect: once,
+    }),
+  };
+  return m;
+}

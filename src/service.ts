@@ -3,6 +3,7 @@ import type { Logger } from "pino";
 import { openPool, type Sql } from "./db/pool.ts";
 import { Sink } from "./delivery/sink.ts";
 import { DeliveryWorker } from "./delivery/worker.ts";
+import { createEntitlements, type Entitlements } from "./entitlements/runtime.ts";
 import { Ledger } from "./ingest/store.ts";
 import { LagoClient } from "./lago/client.ts";
 import { toLagoEvents } from "./lago/mapping.ts";
@@ -23,6 +24,8 @@ export interface Service {
   lago: { client: LagoClient; resolver: SubscriptionResolver } | null;
   worker: DeliveryWorker | null;
   redis: Redis | null;
+  /** Prepaid credits and limits: the engine (started by serve/worker) and the Lago webhook intake. */
+  entitlements: Entitlements;
   close(): Promise<void>;
 }
 
@@ -118,6 +121,14 @@ export function createService(settings: Settings, log: Logger, opts: { worker: b
     log: log.child({ component: "ledger" }),
   });
   const prices = new PriceBook(loadConfiguredModels(settings.litellmConfigPath));
+  const entitlements = createEntitlements({
+    sql,
+    redis,
+    client: lago?.client ?? null,
+    settings,
+    log,
+    registry: metrics.registry,
+  });
   return {
     settings,
     log,
@@ -129,7 +140,9 @@ export function createService(settings: Settings, log: Logger, opts: { worker: b
     lago,
     worker,
     redis,
+    entitlements,
     async close() {
+      await entitlements.engine.stop();
       await worker?.stop();
       if (notifyTimer) clearTimeout(notifyTimer);
       await lago?.client.close();
