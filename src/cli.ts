@@ -6,6 +6,7 @@ import { registerCompletenessCommands } from "./completeness/cli.ts";
 import { startReconciler } from "./completeness/reconciler.ts";
 import { migrate } from "./db/migrate.ts";
 import { openPool } from "./db/pool.ts";
+import { registerEntitlementCommands } from "./entitlements/cli.ts";
 import { buildApp } from "./http/app.ts";
 import { createLogger } from "./logger.ts";
 import { type ParkedState, reprocess } from "./operations/reprocess.ts";
@@ -84,6 +85,7 @@ program
     await service.worker?.start();
     const reconciler = settings.workerEnabled ? startReconciler(service) : null;
     startHousekeeping(service);
+    await startEntitlements(service);
     onShutdown(log, async () => {
       await app.close();
       await reconciler?.stop();
@@ -106,6 +108,7 @@ program
     await service.worker?.start();
     const reconciler = startReconciler(service);
     startHousekeeping(service);
+    await startEntitlements(service);
     log.info("delivery worker running");
     onShutdown(log, async () => {
       await reconciler?.stop();
@@ -198,7 +201,19 @@ function startHousekeeping(service: Service): void {
   }
 }
 
+/**
+ * The entitlement engine competes for leadership in every serve/worker process (one leads); with
+ * ENFORCEMENT=off it only tells the proxies so, when Redis is configured.
+ */
+async function startEntitlements(service: Service): Promise<void> {
+  const { mode } = service.settings.entitlements;
+  if (mode === "off" && !service.redis) return;
+  await service.entitlements.engine.start();
+  if (mode !== "off") service.log.info({ mode }, "entitlements: deciding from Lago and the ledger");
+}
+
 registerCompletenessCommands(program);
+registerEntitlementCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`webhook-service: ${(err as Error).message}\n`);

@@ -5,8 +5,10 @@ import type { Service } from "../service.ts";
 import { bearerAuth } from "./auth.ts";
 import { installErrorHandler } from "./errors.ts";
 import { driftRoutes } from "./routes/drift.ts";
+import { entitlementRoutes } from "./routes/entitlements.ts";
 import { healthRoutes } from "./routes/health.ts";
 import { ingestRoutes } from "./routes/ingest.ts";
+import { lagoWebhookRoutes } from "./routes/lago-webhooks.ts";
 import { litellmRoutes } from "./routes/litellm.ts";
 import { operationRoutes } from "./routes/operations.ts";
 
@@ -49,9 +51,12 @@ export async function buildApp(service: Service): Promise<FastifyInstance> {
       await webhooks.register(litellmRoutes, { service });
       await webhooks.register(operationRoutes, { service });
       await webhooks.register(driftRoutes, { service });
+      await webhooks.register(entitlementRoutes, { service });
     },
     { prefix: "/webhooks" },
   );
+  // Lago's webhooks carry a signature, not our bearer secret (src/entitlements/intake.ts).
+  await app.register(lagoWebhookRoutes, { service, prefix: "/webhooks" });
   app.get("/openapi.json", { schema: { hide: true } }, async () => app.swagger());
   return app;
 }
