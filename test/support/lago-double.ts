@@ -45,6 +45,7 @@ import {
 import type { AddressInfo } from "node:net";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
+import { LagoPrepaid } from "./lago-prepaid.ts";
 
 export type LagoMode = "ok" | "error500" | "reset" | "hang";
 /** Where a Lago organisation stores events: the default PostgreSQL store, or ClickHouse (high volume). */
@@ -291,6 +292,8 @@ export class LagoDouble {
   readonly allSubscriptions: SubscriptionRecord[] = [];
   readonly billableMetrics = new Map<string, BillableMetricRecord>();
   readonly plans = new Map<string, PlanRecord>();
+  /** Wallets, alerts, current usage, the webhook key and outbound webhooks (test/support/lago-prepaid.ts). */
+  readonly prepaid: LagoPrepaid = new LagoPrepaid(this);
 
   private readonly server: Server;
   private modeValue: LagoMode = "ok";
@@ -536,6 +539,7 @@ export class LagoDouble {
       this.allSubscriptions.length = 0;
       this.billableMetrics.clear();
       this.plans.clear();
+      this.prepaid.reset();
     }
   }
 
@@ -831,6 +835,11 @@ export class LagoDouble {
       return { status: 200, body: this.ingestSingle(json, receivedAt), headers: rlHeaders };
     }
 
+    const prepaid = this.prepaid.route(method, path.split("/").slice(3), query, json);
+    if (prepaid) {
+      if (prepaid.status >= 400) throw new HttpError(prepaid.status, prepaid.body, prepaid.headers);
+      return prepaid;
+    }
     return { status: 200, body: this.routeResources(method, path, query, json) };
   }
 
@@ -1139,7 +1148,9 @@ export class LagoDouble {
     );
     const page = Math.max(1, Number.parseInt(query.get("page") ?? "1", 10) || 1);
     const perPage = Math.max(1, Number.parseInt(query.get("per_page") ?? "100", 10) || 100);
-    const slice = all.slice((page - 1) * perPage, page * perPage);
+    const slice = all
+      .slice((page - 1) * perPage, page * perPage)
+      .map((s) => ({ ...s, ...this.prepaid.periodOf(s) }));
     return { subscriptions: slice, meta: pageMeta(all.length, page, perPage) };
   }
 
