@@ -56,7 +56,7 @@ tsc -p tsconfig.json --noEmit
 biome check .
 
 step "python callback tests"
-(cd proxy && LITELLM_LOCAL_MODEL_COST_MAP=True ../.venv/litellm/bin/python -m unittest -q test_lago_billing)
+(cd proxy && LITELLM_LOCAL_MODEL_COST_MAP=True ../.venv/litellm/bin/python -m unittest -q test_lago_billing test_lago_entitlements)
 
 step "vitest"
 if [ "$#" -gt 0 ]; then

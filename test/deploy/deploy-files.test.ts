@@ -187,13 +187,18 @@ describe("docker-compose.yml", () => {
     }
   });
 
-  it("mounts config.yaml and the billing callback read-only into LiteLLM", () => {
+  it("mounts config.yaml, the billing callback and the entitlement hook read-only into LiteLLM", () => {
     const litellm = service("litellm");
     expect(litellm.volumes).toEqual(
       expect.arrayContaining([
         "./config.yaml:/app/config.yaml:ro",
         "./proxy/lago_billing.py:/app/lago_billing.py:ro",
+        "./proxy/lago_entitlements.py:/app/lago_entitlements.py:ro",
       ]),
+    );
+    // The hook reads the webhook service's Redis (REDIS_URL's database) under its prefix.
+    expect(litellm.environment?.LAGO_ENTITLEMENTS_REDIS_URL).toBe(
+      `redis://:${interp("REDIS_PASSWORD")}@redis:6379/1`,
     );
     expect(litellm.command).toEqual(["--config=/app/config.yaml", "--port", "4000", "--num_workers", "1"]);
     expect(service("webhook-service").volumes).toContain("./config.yaml:/app/config.yaml:ro");
@@ -369,8 +374,11 @@ describe("config.yaml", () => {
     });
   });
 
-  it("loads the billing callback and uses Redis for the cache and shared rate limits", () => {
-    expect(config.litellm_settings.callbacks).toBe("lago_billing.proxy_handler_instance");
+  it("loads the billing callback and the entitlement hook and uses Redis for the cache and shared rate limits", () => {
+    expect(config.litellm_settings.callbacks).toEqual([
+      "lago_billing.proxy_handler_instance",
+      "lago_entitlements.proxy_handler_instance",
+    ]);
     expect(config.litellm_settings.cache).toBe(true);
     expect(config.litellm_settings.drop_params).toBe(true);
     expect(config.litellm_settings.cache_params).toMatchObject({

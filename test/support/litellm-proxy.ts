@@ -21,6 +21,11 @@ export interface ProxyOptions {
   env?: Record<string, string>;
   /** Use the repository's config.yaml unchanged (placeholder provider keys), instead of the test variant. */
   realConfig?: boolean;
+  /**
+   * Also load the entitlement pre-call hook (proxy/lago_entitlements.py), reading the webhook
+   * service's decisions from this Redis under this prefix (ENTITLEMENT_REDIS_PREFIX).
+   */
+  entitlements?: { redisUrl: string; prefix: string; failMode?: "open" | "closed"; pollInterval?: number };
 }
 
 export interface LiteLLMProxy {
@@ -57,6 +62,13 @@ export function testConfig(opts: ProxyOptions): object {
     },
   };
   if (opts.callbacks === "ours") settings.callbacks = "lago_billing.proxy_handler_instance";
+  if (opts.entitlements) {
+    settings.callbacks = [
+      ...(opts.callbacks === "ours" ? ["lago_billing.proxy_handler_instance"] : []),
+      ...(opts.callbacks === "lago" ? ["lago"] : []),
+      "lago_entitlements.proxy_handler_instance",
+    ];
+  }
   if (opts.callbacks === "lago") settings.callbacks = ["lago"];
   return {
     model_list,
@@ -71,6 +83,7 @@ export async function startProxy(opts: ProxyOptions): Promise<LiteLLMProxy> {
   if (opts.realConfig) copyFileSync("config.yaml", join(dir, "config.yaml"));
   else writeFileSync(join(dir, "config.yaml"), YAML.stringify(testConfig(opts)));
   copyFileSync("proxy/lago_billing.py", join(dir, "lago_billing.py"));
+  copyFileSync("proxy/lago_entitlements.py", join(dir, "lago_entitlements.py"));
   const port = await freePort();
   const child = spawn(
     LITELLM_BIN,
@@ -104,6 +117,14 @@ export async function startProxy(opts: ProxyOptions): Promise<LiteLLMProxy> {
               LAGO_API_KEY: opts.lagoApiKey ?? "",
               LAGO_API_EVENT_CODE: "llm_tokens",
               LAGO_API_CHARGE_BY: "end_user_id",
+            }
+          : {}),
+        ...(opts.entitlements
+          ? {
+              LAGO_ENTITLEMENTS_REDIS_URL: opts.entitlements.redisUrl,
+              LAGO_ENTITLEMENTS_REDIS_PREFIX: opts.entitlements.prefix,
+              LAGO_ENTITLEMENTS_FAIL_MODE: opts.entitlements.failMode ?? "open",
+              LAGO_ENTITLEMENTS_POLL_INTERVAL: String(opts.entitlements.pollInterval ?? 0.25),
             }
           : {}),
         ...opts.env,
