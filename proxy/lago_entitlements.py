@@ -158,10 +158,13 @@ class State:
 
 
 class _Spends:
-    __slots__ = ("through", "items", "total")
+    """A customer's own finished calls not yet in the ledger, and its calls under way."""
+    __slots__ = ("through", "items", "total", "inflight", "recent")
 
     def __init__(self):
         self.through, self.items, self.total = None, [], Decimal(0)
+        self.inflight = {}  # litellm_call_id -> monotonic time the call was let through
+        self.recent = []  # the cost (cents) of its last finished calls, for the in-flight estimate
 
 
 def _redis_url():
@@ -202,6 +205,7 @@ class LagoEntitlements(CustomLogger):
         self._counts = {}
         self._counts_lock = threading.Lock()
         self._local = {}
+        self._recorded = 0
         self._observed = {}
         self._stop = threading.Event()
         self._thread = None
@@ -236,11 +240,22 @@ class LagoEntitlements(CustomLogger):
             t0 = time.thread_time_ns() if self.profile else 0
             slp = kwargs.get("standard_logging_object") if isinstance(kwargs, dict) else None
             if isinstance(slp, dict) and self.local_spend:
-                self.record_spend(slp)
+                self.record_spend(slp, kwargs.get("litellm_call_id") or slp.get("litellm_call_id"))
             if self.profile:
                 self._prof["spend_ns"] += time.thread_time_ns() - t0
                 self._prof["spend_n"] += 1
         except Exception:  # never disturb LiteLLM's logging worker
+            pass
+
+    async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):
+        """A call that failed upstream is no longer under way (it costs nothing)."""
+        try:
+            call_id = kwargs.get("litellm_call_id") if isinstance(kwargs, dict) else None
+            if call_id:
+                for rec in self._local.values():
+                    if rec.inflight.pop(call_id, None) is not None:
+                        break
+        except Exception:
             pass
 
     @staticmethod
@@ -270,9 +285,27 @@ class LagoEntitlements(CustomLogger):
             return None
         if entry.blocked:
             return self._reject(state, customer, entry.reason, entry.message)
-        if entry.headroom is not None and self.spent(customer, entry) >= entry.headroom:
-            return self._reject(state, customer, entry.reason, entry.message)
+        if entry.headroom is not None and self.local_spend:
+            # Spent: our finished calls the ledger had not seen; under way: calls let through and
+            # not finished, each counted at the customer's recent average cost (a reservation).
+            rec = self._local.get(customer)
+            if rec is None:
+                rec = self._local[customer] = _Spends()
+            spent = self.spent(customer, entry)
+            reserved = Decimal(len(rec.inflight)) * self._average(rec) if rec.inflight else 0
+            if spent + reserved >= entry.headroom:
+                return self._reject(state, customer, entry.reason, entry.message)
+            call_id = data.get("litellm_call_id") if isinstance(data, dict) else None
+            if call_id and state.mode == "enforce":
+                now = self._clock()
+                if len(rec.inflight) > 1000:  # calls whose end never reached a callback
+                    rec.inflight = {k: t for k, t in rec.inflight.items() if now - t < 600}
+                rec.inflight[call_id] = now
         return None
+
+    @staticmethod
+    def _average(rec):
+        return sum(rec.recent, Decimal(0)) / len(rec.recent) if rec.recent else Decimal(0)
 
     def _unavailable(self, state):
         mode = state.fail_mode or self.cold_fail_mode
@@ -311,13 +344,17 @@ class LagoEntitlements(CustomLogger):
             rec.through = entry.through
         return rec.total
 
-    def record_spend(self, slp):
+    def record_spend(self, slp, call_id=None):
         state = self.state
         if state.mode not in ("enforce", "observe"):
             return
         customer = customer_of_payload(state.attribution, slp)
-        entry = state.entries.get(customer) if customer else None
-        if entry is None or entry.headroom is None or slp.get("status") == "failure":
+        rec = self._local.get(customer) if customer else None
+        if rec is not None and call_id:
+            rec.inflight.pop(call_id, None)
+        # Recorded even for a customer with no published headroom yet: the service may be about to
+        # publish one computed from a ledger that does not hold this call.
+        if not customer or slp.get("status") == "failure":
             return
         if slp.get("cache_hit") in (True, "True", "true") and not state.bill_cache_hits:
             return
@@ -328,13 +365,30 @@ class LagoEntitlements(CustomLogger):
             return
         if cost <= 0:
             return
-        rec = self._local.get(customer)
         if rec is None:
             rec = self._local[customer] = _Spends()
-        rec.items.append((start, cost * (100 + state.markup)))
-        rec.total += rec.items[-1][1]
+        cents = cost * (100 + state.markup)
+        rec.items.append((start, cents))
+        rec.total += cents
+        rec.recent.append(cents)
+        if len(rec.recent) > 20:
+            rec.recent.pop(0)
         if len(rec.items) > MAX_LOCAL_SPENDS:
             rec.total -= rec.items.pop(0)[1]
+        self._recorded += 1
+        if self._recorded % 1000 == 0:
+            self._sweep(state, start)
+
+    def _sweep(self, state, now):
+        """Forgets calls of customers with nothing to watch once the ledger must hold them (a minute)."""
+        for customer, rec in list(self._local.items()):
+            if customer in state.entries:
+                continue
+            if rec.items and rec.items[0][0] < now - 60:
+                rec.items = [(t, c) for t, c in rec.items if t >= now - 60]
+                rec.total = sum((c for _, c in rec.items), Decimal(0))
+            if not rec.items and not rec.inflight:
+                del self._local[customer]
 
     # ---- the poller ----------------------------------------------------------------------------
     def start(self):

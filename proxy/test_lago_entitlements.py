@@ -200,6 +200,44 @@ class Decisions(Base):
         self.assertEqual(h.spent("cust-a", h.state.entries["cust-a"]), 0)
 
 
+    def test_calls_finished_before_the_first_headroom_arrives_still_count(self):
+        self.svc.publish({})
+        self.svc.beat()
+        h = self.hook()
+        h.poll_once()
+        slp = {"end_user": "cust-a", "startTime": 200.0, "response_cost": 0.02, "status": "success", "metadata": {}}
+        asyncio.run(h.async_log_success_event({"standard_logging_object": slp}, None, None, None))
+        # The service publishes a headroom from a ledger that does not hold that call yet.
+        self.svc.publish({"cust-a": {"s": "allowed", "r": "wallet_exhausted", "m": "Out.", "h": "1.5", "t": 150.0}})
+        self.svc.beat()
+        h.poll_once()
+        self.assertIsNotNone(h.check(key(), {"user": "cust-a"}))  # 2 cents spent of 1.5
+
+    def test_calls_under_way_are_reserved_at_the_recent_average_cost(self):
+        self.svc.publish({"cust-a": {"s": "allowed", "r": "wallet_exhausted", "m": "Out of credit.", "h": "2.5",
+                                     "t": 100.0}})
+        self.svc.beat()
+        h = self.hook()
+        h.poll_once()
+
+        def finish(call_id, start, cost=0.008):
+            slp = {"end_user": "cust-a", "startTime": start, "response_cost": cost, "status": "success", "metadata": {}}
+            asyncio.run(h.async_log_success_event({"standard_logging_object": slp, "litellm_call_id": call_id},
+                                                  None, None, None))
+
+        self.assertIsNone(h.check(key(), {"user": "cust-a", "litellm_call_id": "c1"}))
+        finish("c1", 101.0)  # 0.8 cents spent: the average is known now
+        self.assertIsNone(h.check(key(), {"user": "cust-a", "litellm_call_id": "c2"}))  # 0.8 + 0
+        # c2 is under way: 0.8 spent + 0.8 reserved = 1.6 < 2.5, still room for one more.
+        self.assertIsNone(h.check(key(), {"user": "cust-a", "litellm_call_id": "c3"}))
+        # 0.8 + 2 × 0.8 = 2.4 < 2.5: one more; then 0.8 + 3 × 0.8 = 3.2 ≥ 2.5: refused.
+        self.assertIsNone(h.check(key(), {"user": "cust-a", "litellm_call_id": "c4"}))
+        self.assertIsNotNone(h.check(key(), {"user": "cust-a", "litellm_call_id": "c5"}))
+        # A call that failed upstream frees its reservation.
+        asyncio.run(h.async_log_failure_event({"litellm_call_id": "c4"}, None, None, None))
+        self.assertIsNone(h.check(key(), {"user": "cust-a", "litellm_call_id": "c6"}))
+
+
 class Availability(Base):
     def test_fail_open_when_redis_is_unreachable_logged_once_and_counted(self):
         with socket.socket() as s:
