@@ -17,7 +17,11 @@
  *
  *   node bench/litellm.ts [--concurrency 16] [--seconds 30] [--rounds 2] [--rate N] [--outage 60]
  *                         [--after 20] [--outage-mode error500|reset] [--customers 100]
- *                         [--only overhead|outage|lag[,...]] [--smoke]
+ *                         [--only overhead|outage|lag[,...]] [--entitlements] [--smoke]
+ *
+ * --entitlements adds 3b: (b) beside (d), the same plus the entitlement pre-call hook
+ * (proxy/lago_entitlements.py) against its own webhook service with ENFORCEMENT=enforce: the proxy's
+ * CPU per call of both, and the hook's own CPU per call measured inside the proxy.
  *
  * --smoke: tiny sizes for CI, correctness only; exits non-zero when (b) loses or double-bills an event
  * (or the ledger disagrees with the calls made), never because of speed. Non-smoke runs write the
@@ -370,6 +374,8 @@ interface Options {
   only: Set<"overhead" | "outage" | "lag">;
   smoke: boolean;
   drainTimeout: number;
+  /** Also measure the entitlement pre-call hook (section 3b). */
+  entitlements: boolean;
 }
 
 function parseOptions(argv: string[]): Options {
@@ -389,6 +395,7 @@ function parseOptions(argv: string[]): Options {
       only: { type: "string" },
       smoke: { type: "boolean", default: false },
       "drain-timeout": { type: "string" },
+      entitlements: { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
     },
     strict: true,
@@ -432,6 +439,7 @@ function parseOptions(argv: string[]): Options {
     only,
     smoke,
     drainTimeout: num("drain-timeout", values["drain-timeout"], smoke ? 60 : 180, 1),
+    entitlements: values.entitlements,
   };
 }
 
@@ -1187,6 +1195,7 @@ async function main(): Promise<void> {
   }
   if (opts.only.has("outage") && rate !== undefined) await outage(env, rate);
   if (opts.only.has("lag") && rate !== undefined) await lag(env, rate);
+  if (opts.entitlements) await hookOverhead(env);
 
   report.section("Targets");
   report.block(table(["figure", "measured", "target", "verdict"], summary));
@@ -1206,12 +1215,202 @@ async function main(): Promise<void> {
 
   if (!opts.smoke) {
     // Minutes in the name (as bench/results.ts): runs of one day do not overwrite each other.
-    const path = `bench/results/litellm-${started.toISOString().slice(0, 16).replace(/[:T]/g, "")}.txt`;
+    const name = opts.entitlements ? "litellm-entitlements" : "litellm";
+    const path = `bench/results/${name}-${started.toISOString().slice(0, 16).replace(/[:T]/g, "")}.txt`;
     report.save(path);
     progress(`report written to ${path}`);
   }
   await cleanup();
   process.exit(failures.length > 0 ? 1 : 0);
+}
+
+// ------------------------------------------------------------------ 3b. entitlement hook overhead
+
+/**
+ * (b) beside (d) = (b) + the entitlement hook, interleaved rounds at the same concurrency. (d) has its
+ * own webhook service and database (ENFORCEMENT=enforce, Redis), so (b)'s service is unchanged; half
+ * the customers have a prepaid wallet (the hook then also spends their finished calls against the
+ * published headroom: its heavier path). Besides the proxies' CPU from /proc (noisy: a few µs
+ * vanish in ~20 ms a call), the hook measures its own CPU (thread_time_ns around the pre-call check
+ * and the success callback, minus the clock's own cost) inside the proxy and reports it via Redis.
+ */
+async function hookOverhead(env: Env): Promise<void> {
+  const { opts, report } = env;
+  report.section("3b. Entitlement pre-call hook overhead (issue 13)");
+  const { Redis } = await import("ioredis");
+  const { REDIS_URL } = await import("../test/support/env.ts");
+  const dbName = `${env.dbName}_ent`;
+  const admin = postgres(PG_ADMIN_URL, { max: 1, onnotice: () => {} });
+  await admin.unsafe(`CREATE DATABASE ${dbName}`);
+  await admin.end();
+  onCleanup(async () => {
+    const a = postgres(PG_ADMIN_URL, { max: 1, onnotice: () => {} });
+    await a.unsafe(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).finally(() => a.end());
+  });
+  const prefix = `bench-hook:${randomBytes(4).toString("hex")}:`;
+  const port = await freePort();
+  const service = spawnChild(
+    "webhook service (d)",
+    process.execPath,
+    ["dist/cli.js", "serve", "--host", "127.0.0.1", "--port", String(port)],
+    {
+      env: {
+        DATABASE_URL: databaseUrl(dbName),
+        WEBHOOK_SECRET,
+        LAGO_WEBHOOK_URL: env.lagoB.url,
+        LAGO_API_KEY: LAGO_KEY,
+        LAGO_SUBSCRIPTION_MAPPING: "same",
+        LITELLM_CONFIG_PATH: resolve(ROOT, "config.yaml"),
+        RECONCILE_INTERVAL_SECONDS: "0",
+        LOG_LEVEL: "warn",
+        REDIS_URL,
+        ENFORCEMENT: "enforce",
+        ENTITLEMENT_REDIS_PREFIX: prefix,
+        ENTITLEMENT_REFRESH_RPS: "50",
+      },
+    },
+  );
+  await waitHealthy(`http://127.0.0.1:${port}/health/live`, 60_000);
+  for (let i = 0; i < opts.customers; i += 2) {
+    await env.lagoB.api("POST", "/api/v1/wallets", {
+      wallet: {
+        external_customer_id: customerOf(i, opts.customers),
+        rate_amount: "1.0",
+        currency: "USD",
+        paid_credits: "100000",
+      },
+    });
+  }
+  progress("3b: starting the LiteLLM proxy (d) with the entitlement hook (profiled)");
+  const d = await startProxy({
+    upstream: (await env.upstream.firstLine).url as string,
+    callbacks: "ours",
+    webhookUrl: `http://127.0.0.1:${port}`,
+    webhookSecret: WEBHOOK_SECRET,
+    entitlements: { redisUrl: REDIS_URL, prefix },
+    env: {
+      LAGO_BILLING_FLUSH_INTERVAL: "0.5",
+      LAGO_BILLING_MAX_BACKOFF: "30",
+      LAGO_ENTITLEMENTS_PROFILE: "1",
+    },
+  });
+  onCleanup(async () => {
+    if (d.child.pid) await killTree(d.child.pid, 10_000);
+    rmSync(d.dir, { recursive: true, force: true });
+  });
+  const redis = new Redis(REDIS_URL);
+  onCleanup(() => {
+    redis.disconnect();
+  });
+  const pid = { b: env.proxies.b?.child.pid, d: d.child.pid };
+  const url = { b: `${env.proxies.b?.url}/v1`, d: `${d.url}/v1` };
+  // Warm up (d): every customer seen by the service, the wallets read, headrooms published.
+  progress("3b: warming up (d) until every wallet is read");
+  await env.loadgen.run({
+    baseURL: url.d,
+    tag: `${env.tag}-w`,
+    customers: opts.customers,
+    mode: "concurrency",
+    concurrency: opts.concurrency,
+    rate: 0,
+    warmupSeconds: 0,
+    seconds: opts.smoke ? 2 : 5,
+  });
+  await poll(
+    async () => (await redis.hlen(`${prefix}entries`)) >= Math.ceil(opts.customers / 2),
+    60_000,
+    500,
+  );
+  interface HookProfile {
+    check_ns: number;
+    check_n: number;
+    spend_ns: number;
+    spend_n: number;
+    clock_ns: number;
+  }
+  const profileOf = async (): Promise<HookProfile> => {
+    const all = await redis.hgetall(`${prefix}proxies`);
+    const p = Object.values(all)
+      .map((t) => (JSON.parse(t) as { profile?: HookProfile }).profile)
+      .find((x) => x !== undefined);
+    return p ?? { check_ns: 0, check_n: 0, spend_ns: 0, spend_n: 0, clock_ns: 0 };
+  };
+  const res = {
+    b: { calls: 0, cpu: 0, perRound: [] as number[] },
+    d: { calls: 0, cpu: 0, perRound: [] as number[] },
+  };
+  const before = await profileOf();
+  for (let round = 1; round <= opts.rounds; round++) {
+    for (const c of round % 2 === 1 ? (["b", "d"] as const) : (["d", "b"] as const)) {
+      progress(
+        `3b round ${round}/${opts.rounds}: ${c === "b" ? CASE_LABEL.b : "(d) ours + entitlement hook"}`,
+      );
+      let cpu0 = 0;
+      const result = await env.loadgen.run(
+        {
+          baseURL: url[c],
+          tag: env.tag,
+          customers: opts.customers,
+          mode: "concurrency",
+          concurrency: opts.concurrency,
+          rate: 0,
+          warmupSeconds: opts.warmup,
+          seconds: opts.seconds,
+        },
+        () => {
+          cpu0 = pid[c] ? treeCpuSeconds(pid[c]) : 0;
+        },
+      );
+      const cpu = (pid[c] ? treeCpuSeconds(pid[c]) : 0) - cpu0;
+      const ok = measured(result).filter((x) => x.ok).length;
+      res[c].calls += ok;
+      res[c].cpu += cpu;
+      res[c].perRound.push((cpu * 1000) / Math.max(1, ok));
+    }
+  }
+  await sleep(1000); // one more poll reports the profile
+  const after = await profileOf();
+  const n = after.check_n - before.check_n;
+  const checkUs =
+    n > 0 ? (after.check_ns - before.check_ns - (after.clock_ns ?? 0) * n) / n / 1000 : Number.NaN;
+  const sn = after.spend_n - before.spend_n;
+  const spendUs =
+    sn > 0 ? (after.spend_ns - before.spend_ns - (after.clock_ns ?? 0) * sn) / sn / 1000 : Number.NaN;
+  const perCall = (c: "b" | "d") => (res[c].cpu * 1000) / Math.max(1, res[c].calls);
+  const hookUs = checkUs + (Number.isFinite(spendUs) ? spendUs : 0);
+  const share = hookUs / 1000 / perCall("b");
+  report.line(
+    `Concurrency ${opts.concurrency}, ${opts.seconds} s per case after ${opts.warmup} s warmup, ${opts.rounds} round(s) ` +
+      `(b d, d b, ...); ${opts.customers} customers, every second one with a prepaid wallet (allowed, headroom watched).`,
+  );
+  report.line();
+  report.block(
+    table(
+      ["case", "calls", "proxy CPU ms/call", "per round"],
+      (["b", "d"] as const).map((c) => [
+        c === "b" ? CASE_LABEL.b : "(d) ours + entitlement hook",
+        fmt(res[c].calls, 0),
+        fmt(perCall(c), 3),
+        res[c].perRound.map((v) => fmt(v, 3)).join(" / "),
+      ]),
+    ),
+  );
+  report.line(
+    `Proxy CPU (d) - (b): ${fmt((perCall("d") - perCall("b")) * 1000, 0)} µs per call (from /proc; rounds differ by more ` +
+      "than the hook costs, so this difference is noise-bound).",
+  );
+  report.line(
+    `Measured in the proxy (${fmt(n, 0)} calls): pre-call check ${fmt(checkUs, 2)} µs, success callback (spending ` +
+      `against the headroom) ${fmt(spendUs, 2)} µs, clock pair ${fmt((after.clock_ns ?? 0) / 1000, 2)} µs subtracted.`,
+  );
+  report.line(`Hook CPU per call: ${fmt(hookUs, 2)} µs = ${pct(share, 3)} of (b)'s proxy CPU per call.`);
+  env.summary.push([
+    "3b entitlement hook: CPU per call vs proxy's",
+    pct(share, 3),
+    "< 2 %",
+    verdict(share < 0.02),
+  ]);
+  await service.stop();
 }
 
 function isLoadgen(): boolean {
