@@ -1316,10 +1316,15 @@ async function hookOverhead(env: Env): Promise<void> {
     warmupSeconds: 0,
     seconds: opts.smoke ? 2 : 5,
   });
+  const waitStart = Date.now();
   await poll(
     async () => (await redis.hlen(`${prefix}entries`)) >= Math.ceil(opts.customers / 2),
     60_000,
     500,
+  );
+  const published = await redis.hlen(`${prefix}entries`);
+  progress(
+    `3b: ${published} customers with a published decision after ${fmt((Date.now() - waitStart) / 1000, 1)} s`,
   );
   interface HookProfile {
     check_ns: number;
@@ -1381,7 +1386,8 @@ async function hookOverhead(env: Env): Promise<void> {
   const share = hookUs / 1000 / perCall("b");
   report.line(
     `Concurrency ${opts.concurrency}, ${opts.seconds} s per case after ${opts.warmup} s warmup, ${opts.rounds} round(s) ` +
-      `(b d, d b, ...); ${opts.customers} customers, every second one with a prepaid wallet (allowed, headroom watched).`,
+      `(b d, d b, ...); ${opts.customers} customers, every second one with a prepaid wallet (allowed, headroom watched; ` +
+      `${published} had a published decision when measuring began).`,
   );
   report.line();
   report.block(
