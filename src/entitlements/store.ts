@@ -2,6 +2,7 @@ import type postgres from "postgres";
 import type { Sql } from "../db/pool.ts";
 import { query } from "../db/queries.ts";
 import { toUnits } from "../decimal.ts";
+import { TRANSACTION_ID_SUFFIXES } from "../lago/mapping.ts";
 import type { Decision, DecisionInputs, SubscriptionStatus } from "./decide.ts";
 import type { AlertReading, UsageReading } from "./lago-reader.ts";
 import {
@@ -126,10 +127,7 @@ export function nextCountedUntil(
   if (prev.fingerprint === fingerprint && prev.countedUntil !== null && prev.readAt !== null) {
     return prev.countedUntil;
   }
-  const lo =
-    prev.readAt === null || prev.countedUntil === null
-      ? new Date(now.getTime() - LAGO_RECOMPUTE_WINDOW_MS)
-      : prev.readAt;
+  const lo = windowStart(prev, now);
   if (matched === undefined) return lo;
   const t = matched === null ? now.getTime() : matched.getTime();
   return new Date(Math.min(now.getTime(), Math.max(lo.getTime(), t)));
@@ -142,14 +140,25 @@ export async function matchCounted(
   periodStart: Date,
   countedCents: string,
   markupPercent: number,
+  windowStart: Date,
 ): Promise<Date | null> {
+  await tx`SET LOCAL jit = off`; // see unaccounted()
   const [r] = await tx.unsafe<{ counted_until: Date | null }[]>(query("entitlement_match_counted"), [
     customerId,
     periodStart.toISOString(),
     countedCents,
     markupPercent,
+    TRANSACTION_ID_SUFFIXES,
+    windowStart.toISOString(),
   ]);
   return r?.counted_until ?? null;
+}
+
+/** The start of the window in which Lago recomputed (nextCountedUntil's lower bound). */
+export function windowStart(prev: { countedUntil: Date | null; readAt: Date | null }, now: Date): Date {
+  return prev.readAt === null || prev.countedUntil === null
+    ? new Date(now.getTime() - LAGO_RECOMPUTE_WINDOW_MS)
+    : prev.readAt;
 }
 
 function walletFingerprint(rows: WalletRow[]): string | null {
@@ -213,7 +222,14 @@ export async function applyWallets(
     const counted = rows
       .filter((w) => w.status === "active")
       .reduce((sum, w) => sum + Number(w.ongoing_usage_balance_cents), 0);
-    matched = await matchCounted(tx, row.customer_id, row.period_start, String(counted), markupPercent);
+    matched = await matchCounted(
+      tx,
+      row.customer_id,
+      row.period_start,
+      String(counted),
+      markupPercent,
+      windowStart(prev, now),
+    );
   }
   const countedUntil = nextCountedUntil(prev, fingerprint, now, matched);
   await tx`
@@ -341,7 +357,14 @@ export async function applyUsage(
   };
   const matched =
     fingerprint !== prev.fingerprint && usage.fromDatetime
-      ? await matchCounted(tx, row.customer_id, usage.fromDatetime, usage.amountCents, markupPercent)
+      ? await matchCounted(
+          tx,
+          row.customer_id,
+          usage.fromDatetime,
+          usage.amountCents,
+          markupPercent,
+          windowStart(prev, now),
+        )
       : undefined;
   const countedUntil = nextCountedUntil(prev, fingerprint, now, matched);
   await tx`
@@ -380,12 +403,24 @@ export async function applyAlert(
   if (fact.resolved && limit) return "ignored"; // still in alarm: nothing changes
   const limitCents = row.limit_cents ?? limit?.value ?? null;
   const fingerprint = `alert:${usage}`;
+  const prev = {
+    fingerprint: row.usage_fingerprint,
+    countedUntil: row.usage_counted_until,
+    readAt: row.usage_read_at,
+  };
   const countedUntil = nextCountedUntil(
-    { fingerprint: row.usage_fingerprint, countedUntil: row.usage_counted_until, readAt: row.usage_read_at },
+    prev,
     fingerprint,
     now,
     row.usage_period_start
-      ? await matchCounted(tx, row.customer_id, row.usage_period_start, usage, markupPercent)
+      ? await matchCounted(
+          tx,
+          row.customer_id,
+          row.usage_period_start,
+          usage,
+          markupPercent,
+          windowStart(prev, now),
+        )
       : undefined,
   );
   await tx`
@@ -493,7 +528,7 @@ export interface Unaccounted {
 
 /** Our ledger's usage not yet counted by Lago, for many customers in one statement. */
 export async function unaccounted(
-  sql: Db,
+  sql: Sql,
   rows: Pick<
     EntitlementRow,
     "customer_id" | "wallet_counted_until" | "usage_counted_until" | "period_start" | "usage_period_start"
@@ -502,20 +537,23 @@ export async function unaccounted(
 ): Promise<Map<string, Unaccounted>> {
   const out = new Map<string, Unaccounted>();
   if (rows.length === 0) return out;
-  const res = await sql.unsafe<
-    { customer_id: string; wallet_cents: string; usage_cents: string; seen_through: number | null }[]
-  >(
-    query("entitlement_unaccounted"),
-    [
-      rows.map((r) => r.customer_id),
-      rows.map((r) => r.wallet_counted_until?.toISOString() ?? null) as unknown as string[],
-      rows.map((r) => r.usage_counted_until?.toISOString() ?? null) as unknown as string[],
-      markupPercent,
-      rows.map((r) => r.period_start?.toISOString() ?? null) as unknown as string[],
-      rows.map((r) => r.usage_period_start?.toISOString() ?? null) as unknown as string[],
-    ],
-    { prepare: true },
-  );
+  // The planner guesses thousands of rows per customer (a generic plan), which crosses jit_above_cost
+  // on a large ledger: compiling took 0.7 s for a statement that runs in 16 ms (measured, 200,000
+  // rows). Without JIT in this transaction only.
+  const params = [
+    rows.map((r) => r.customer_id),
+    rows.map((r) => r.wallet_counted_until?.toISOString() ?? null) as unknown as string[],
+    rows.map((r) => r.usage_counted_until?.toISOString() ?? null) as unknown as string[],
+    markupPercent,
+    rows.map((r) => r.period_start?.toISOString() ?? null) as unknown as string[],
+    rows.map((r) => r.usage_period_start?.toISOString() ?? null) as unknown as string[],
+    TRANSACTION_ID_SUFFIXES as string[],
+  ];
+  type Row = { customer_id: string; wallet_cents: string; usage_cents: string; seen_through: number | null };
+  const res = await sql.begin(async (tx) => {
+    await tx`SET LOCAL jit = off`;
+    return tx.unsafe<Row[]>(query("entitlement_unaccounted"), params, { prepare: true });
+  });
   for (const r of res) {
     out.set(r.customer_id, {
       walletCents: r.wallet_cents,
