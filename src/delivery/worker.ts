@@ -11,7 +11,7 @@ import type { Sink } from "./sink.ts";
 // Hot statements are prepared once per connection: no parse and plan per batch.
 const PREPARED = { prepare: true } as const;
 
-/** A connection reserved for one batch: its transaction holds the batch's row locks. */
+/** A connection reserved for one claim: its transaction holds the claimed events' row locks. */
 type Conn = Awaited<ReturnType<Sql["reserve"]>>;
 
 interface ClaimedEvent {
@@ -66,7 +66,7 @@ interface Settlement {
 
 export interface WorkerOptions {
   /**
-   * The delivery pool: one connection per batch in flight (LAGO_WORKER_CONCURRENCY), plus the
+   * The delivery pool: one connection per claim in flight (at most LAGO_WORKER_CONCURRENCY), plus the
    * dispatcher's. Its sessions should set idle_in_transaction_session_timeout (service.ts): that is
    * what releases the events of a worker that hangs mid-batch.
    */
@@ -768,11 +768,11 @@ function retryOrFail(
  * Ends a claim's transaction and gives its connection back. A connection whose COMMIT or ROLLBACK
  * fails is broken: postgres.js drops it, and PostgreSQL releases the locks with the session.
  */
-async function endClaim(conn: Conn, how: "COMMIT" | "ROLLBACK", rethrow = false): Promise<void> {
+async function endClaim(conn: Conn, how: "COMMIT" | "ROLLBACK"): Promise<void> {
   try {
     await conn.unsafe(how);
-  } catch (err) {
-    if (rethrow) throw err;
+  } catch {
+    // a broken connection: nothing to end, the session's locks went with it
   } finally {
     conn.release();
   }
