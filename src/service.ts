@@ -98,8 +98,9 @@ export function createService(settings: Settings, log: Logger, opts: { worker: b
         })
       : null;
   // Other processes' workers hear of commits by NOTIFY, coalesced to one per 20 ms at most. Without a
-  // local worker it goes at once when none went out in the last 20 ms (no wait at low rates); with
-  // one, which is woken directly, at the end of the 20 ms, carrying its id so that it ignores it.
+  // local worker it goes at once when none went out in the last 20 ms (no wait at low rates). A local
+  // worker is woken directly; others are told only when it has no free slot (a statement per commit
+  // saved at low rates), at the end of the 20 ms, carrying its id so that it ignores the echo.
   let notifyTimer: NodeJS.Timeout | null = null;
   let lastNotify = 0;
   const sendNotify = () => {
@@ -109,7 +110,7 @@ export function createService(settings: Settings, log: Logger, opts: { worker: b
   };
   const notify = (events: number) => {
     worker?.wake(events);
-    if (notifyTimer) return;
+    if (notifyTimer || (worker && !worker.saturated)) return;
     const wait = worker ? 20 : lastNotify + 20 - Date.now();
     if (wait <= 0) sendNotify();
     else notifyTimer = setTimeout(sendNotify, wait);

@@ -165,10 +165,15 @@ export class DeliveryWorker {
   #stopped: Promise<void> | null = null;
   #wakeResolve: (() => void) | null = null;
   #woken = false;
-  /** The last claim took every due event: new ones gather until a batch in flight finishes. */
+  /** The last claim took every due event: the next waits for news (or the poll interval). */
   #drained = false;
   /** Events committed locally since the last claim (a full batch is claimed without waiting). */
   #hint = 0;
+  /** Something may have become due since the last claim: a local commit, a NOTIFY, a recovery. */
+  #news = true;
+  /** A batch finished since the last claim: what gathered behind it may go. */
+  #slotFreed = false;
+  #lastClaimAt = 0;
   /** The last event claimed while batches are in flight: the next claim starts after it. */
   #cursor: { at: string; id: string } | null = null;
   #unlisten: (() => Promise<void>) | null = null;
@@ -199,6 +204,11 @@ export class DeliveryWorker {
     return { effective: this.#batchSize, configured: this.#o.batchSize, reason: this.#batchSizeReason };
   }
 
+  /** Every batch slot is taken: events committed now wait for one to finish. */
+  get saturated(): boolean {
+    return this.#busy >= this.#o.concurrency;
+  }
+
   get lastSuccess(): Date | null {
     return this.#lastSuccess;
   }
@@ -210,6 +220,12 @@ export class DeliveryWorker {
   /** Makes the dispatcher look for due events now (after a local commit of `events`, or a NOTIFY). */
   wake(events = 0): void {
     this.#hint += events;
+    this.#news = true;
+    this.#nudge();
+  }
+
+  /** Lets the dispatcher look at its state again (without news, it may go back to sleep). */
+  #nudge(): void {
     this.#woken = true;
     this.#wakeResolve?.();
   }
@@ -272,11 +288,17 @@ export class DeliveryWorker {
           await this.#sleep(this.#o.pollIntervalMs); // a freed slot wakes it
           continue;
         }
-        // Group commit: while batches are in flight and the last claim emptied the queue, what
-        // arrives waits for one of them to finish (or for a full batch) and goes in one batch.
-        if (this.#drained && this.#busy > 0 && this.#hint < batchSize) {
-          await this.#sleep(this.#o.pollIntervalMs);
-          continue;
+        // The last claim took everything due: claim again only when something new may be due, or
+        // when the poll interval has passed (backoffs ending, a crashed worker's rows, a lost
+        // NOTIFY), never just because a batch finished. Group commit: while batches are in
+        // flight, what arrives waits for one of them to finish (or for a full batch).
+        if (this.#drained && sink.isOk) {
+          const wait = this.#lastClaimAt + this.#o.pollIntervalMs - Date.now();
+          const ready = this.#news && (this.#busy === 0 || this.#slotFreed || this.#hint >= batchSize);
+          if (wait > 0 && !ready) {
+            await this.#sleep(wait);
+            continue;
+          }
         }
         const slots = this.#limiter.take(free);
         if (slots === 0) {
@@ -285,6 +307,9 @@ export class DeliveryWorker {
         }
         const probing = !sink.isOk;
         this.#hint = 0;
+        this.#news = false;
+        this.#slotFreed = false;
+        this.#lastClaimAt = Date.now();
         const started = await this.#startClaim(slots, batchSize, probing);
         this.#limiter.refund(slots - started);
         if (started === 0) await this.#sleep(this.#o.pollIntervalMs);
@@ -362,8 +387,8 @@ export class DeliveryWorker {
   #freeSlots(n: number): void {
     if (n <= 0) return;
     this.#busy -= n;
-    this.#drained = false;
-    this.wake();
+    this.#slotFreed = true;
+    this.#nudge();
   }
 
   /**
