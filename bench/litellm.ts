@@ -17,7 +17,10 @@
  *
  *   node bench/litellm.ts [--concurrency 16] [--seconds 30] [--rounds 2] [--rate N] [--outage 60]
  *                         [--after 20] [--outage-mode error500|reset] [--customers 100]
- *                         [--only overhead|outage|lag[,...]] [--entitlements] [--smoke]
+ *                         [--only overhead|outage|lag[,...]] [--entitlements] [--linger MS] [--smoke]
+ *
+ * --linger MS runs (b) with LAGO_BILLING_LINGER_MS and LAGO_WORKER_LINGER_MS set to MS (default 0,
+ * the shipped defaults): CPU per call against lag.
  *
  * --entitlements adds 3b: (b) beside (d), the same plus the entitlement pre-call hook
  * (proxy/lago_entitlements.py) against its own webhook service with ENFORCEMENT=enforce: the proxy's
@@ -376,6 +379,8 @@ interface Options {
   drainTimeout: number;
   /** Also measure the entitlement pre-call hook (section 3b). */
   entitlements: boolean;
+  /** LAGO_BILLING_LINGER_MS and LAGO_WORKER_LINGER_MS of (b). */
+  lingerMs: number;
 }
 
 function parseOptions(argv: string[]): Options {
@@ -396,6 +401,7 @@ function parseOptions(argv: string[]): Options {
       smoke: { type: "boolean", default: false },
       "drain-timeout": { type: "string" },
       entitlements: { type: "boolean", default: false },
+      linger: { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
     strict: true,
@@ -440,6 +446,7 @@ function parseOptions(argv: string[]): Options {
     smoke,
     drainTimeout: num("drain-timeout", values["drain-timeout"], smoke ? 60 : 180, 1),
     entitlements: values.entitlements,
+    lingerMs: num("linger", values.linger, 0),
   };
 }
 
@@ -1086,6 +1093,7 @@ async function main(): Promise<void> {
     LITELLM_CONFIG_PATH: resolve(ROOT, "config.yaml"),
     RECONCILE_INTERVAL_SECONDS: "0",
     LOG_LEVEL: "warn",
+    LAGO_WORKER_LINGER_MS: String(opts.lingerMs),
     // e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof": profile the webhook service during the run.
     ...(process.env.BENCH_SERVICE_NODE_OPTIONS
       ? { NODE_OPTIONS: process.env.BENCH_SERVICE_NODE_OPTIONS }
@@ -1109,7 +1117,11 @@ async function main(): Promise<void> {
   onCleanup(() => sql.end({ timeout: 2 }));
 
   // Shipped callback defaults (proxy/lago_billing.py), not the faster test settings of startProxy.
-  const callbackEnv = { LAGO_BILLING_FLUSH_INTERVAL: "0.5", LAGO_BILLING_MAX_BACKOFF: "30" };
+  const callbackEnv = {
+    LAGO_BILLING_FLUSH_INTERVAL: "0.5",
+    LAGO_BILLING_MAX_BACKOFF: "30",
+    LAGO_BILLING_LINGER_MS: String(opts.lingerMs),
+  };
   const needA = opts.only.has("overhead") || opts.rate === undefined;
   const proxies: Partial<Record<CaseName, LiteLLMProxy>> = {};
   const startOne = async (c: CaseName) => {
@@ -1157,8 +1169,12 @@ async function main(): Promise<void> {
     [
       `proxy: LiteLLM from .venv/litellm, --num_workers 1, config derived from config.yaml (Redis response cache on,`,
       `  model ${MODEL}), master key auth, no database; fake upstream: test/support/fake-openai.ts (0 ms).`,
-      `(b) callback proxy/lago_billing.py with its shipped defaults (group commit, batches of up to 100) -> webhook service`,
-      `  (node dist/cli.js serve, default settings, LAGO_SUBSCRIPTION_MAPPING=same) -> Lago double (0 ms).`,
+      opts.lingerMs > 0
+        ? `(b) callback proxy/lago_billing.py (group commit, batches of up to 100, LAGO_BILLING_LINGER_MS=${opts.lingerMs}) -> webhook service`
+        : `(b) callback proxy/lago_billing.py with its shipped defaults (group commit, batches of up to 100) -> webhook service`,
+      opts.lingerMs > 0
+        ? `  (node dist/cli.js serve, LAGO_WORKER_LINGER_MS=${opts.lingerMs}, LAGO_SUBSCRIPTION_MAPPING=same) -> Lago double (0 ms).`
+        : `  (node dist/cli.js serve, default settings, LAGO_SUBSCRIPTION_MAPPING=same) -> Lago double (0 ms).`,
       `(c) LiteLLM's lago callback (LAGO_API_CHARGE_BY=end_user_id) -> its own Lago double (0 ms).`,
       `All of these, PostgreSQL, the doubles and the load generator are separate processes on this machine.`,
     ].join("\n"),

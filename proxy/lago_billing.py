@@ -67,7 +67,8 @@ def _flock(path, nonblock=False):
 
 class LagoBillingCallback(CustomLogger):
     def __init__(self, service_url=None, secret=None, batch_size=None, flush_interval=None,
-                 queue_max=None, spool_path=None, timeout=None, max_backoff=None, spill_after=3):
+                 queue_max=None, spool_path=None, timeout=None, max_backoff=None, spill_after=3,
+                 linger=None):
         with contextlib.suppress(Exception):
             super().__init__()
         base = service_url or os.environ.get("WEBHOOK_SERVICE_URL") or "http://webhook-service:3001"
@@ -75,6 +76,9 @@ class LagoBillingCallback(CustomLogger):
         self.secret = secret if secret is not None else os.environ.get("WEBHOOK_SECRET", "")
         self.batch_size = max(1, int(batch_size or _env("LAGO_BILLING_BATCH_SIZE", 100, int)))
         self.flush_interval = float(flush_interval or _env("LAGO_BILLING_FLUSH_INTERVAL", 0.5))
+        # How long the first record after an idle period waits for others (0 = send at once): fewer
+        # POSTs per call at low rates, for that much more lag.
+        self.linger = max(0.0, float(linger if linger is not None else _env("LAGO_BILLING_LINGER_MS", 0.0)) / 1000)
         self.queue_max = max(1, int(queue_max or _env("LAGO_BILLING_QUEUE_MAX", 10000, int)))
         self.spool_path = spool_path or os.environ.get("LAGO_BILLING_SPOOL_PATH") or "/tmp/lago_billing_spool.ndjson"
         self.rejected_path = self.spool_path + ".rejected"
@@ -214,6 +218,12 @@ class LagoBillingCallback(CustomLogger):
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.flush_interval)
                 self._idle = False
+                if self.linger and not self._failures and 0 < len(self._queue) < self.batch_size:
+                    # Linger: only a full batch (or a flush or close) wakes us before it ends.
+                    self._wake.clear()
+                    if not self._closing:
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), self.linger)
             self._wake.clear()
             try:
                 self._spill()

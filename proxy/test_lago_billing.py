@@ -176,6 +176,27 @@ class LagoBillingTest(unittest.IsolatedAsyncioTestCase):
             await self.wait_until(lambda: len(svc.ids()) == n, timeout=5, msg=f"idle record {n}")
         self.assertEqual(len(svc.requests), 4)  # one POST per idle record
 
+    async def test_linger_gathers_records_and_a_full_batch_ends_it(self):
+        svc = self.server()
+        cb = self.make(svc.url, batch_size=5, flush_interval=30, linger=400)
+        await self.send(cb, [100])  # starts the sender (what is queued at its start goes at once)
+        await self.wait_until(lambda: len(svc.ids()) == 1, timeout=5, msg="first record")
+        await asyncio.sleep(0.05)
+        svc.requests.clear()
+        t0 = time.monotonic()
+        await self.send(cb, [0])
+        await asyncio.sleep(0.1)
+        self.assertEqual(svc.requests, [])  # the first record waits for company
+        await self.send(cb, [1, 2])
+        await self.wait_until(lambda: len(svc.ids()) == 4, timeout=5, msg="lingering records")
+        self.assertGreaterEqual(time.monotonic() - t0, 0.35)
+        self.assertEqual([len(r["records"]) for r in svc.requests], [3])
+        t1 = time.monotonic()
+        await self.send(cb, range(3, 8))  # a full batch goes without waiting out the linger
+        await self.wait_until(lambda: len(svc.ids()) == 9, timeout=5, msg="full batch")
+        self.assertLess(time.monotonic() - t1, 0.3)
+        self.assertEqual([len(r["records"]) for r in svc.requests], [3, 5])
+
     async def test_strips_content_keeps_usage_and_sends_auth(self):
         svc = self.server()
         cb = self.make(svc.url)

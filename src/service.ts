@@ -89,6 +89,7 @@ export function createService(settings: Settings, log: Logger, opts: { worker: b
           batchSize: settings.lago.batchSize,
           concurrency: settings.lago.concurrency,
           rateLimitRps: settings.lago.rateLimitRps,
+          lingerMs: settings.lago.lingerMs,
           retry: {
             baseMs: settings.lago.retryBaseMs,
             maxMs: settings.lago.retryMaxMs,

@@ -29,6 +29,7 @@ export interface Settings {
     subscriptionCacheTtlSeconds: number;
     batchSize: number;
     concurrency: number;
+    lingerMs: number;
     rateLimitRps: number;
     rateLimitMaxPauseSeconds: number;
     requestTimeoutMs: number;
@@ -200,6 +201,7 @@ export function loadSettings(env: Env = process.env): Settings {
       subscriptionCacheTtlSeconds: int(env, "LAGO_SUBSCRIPTION_CACHE_TTL_SECONDS", 300, 0),
       batchSize: int(env, "LAGO_BATCH_SIZE", 100, 1, 100),
       concurrency: int(env, "LAGO_WORKER_CONCURRENCY", 16, 1, 256),
+      lingerMs: int(env, "LAGO_WORKER_LINGER_MS", 0, 0, 10_000),
       rateLimitRps: num(env, "LAGO_RATE_LIMIT_RPS", 0, 0),
       rateLimitMaxPauseSeconds: num(env, "LAGO_RATE_LIMIT_MAX_PAUSE_SECONDS", 60, 1, 3600),
       requestTimeoutMs: int(env, "LAGO_REQUEST_TIMEOUT_MS", 10_000, 100),

@@ -81,6 +81,11 @@ export interface WorkerOptions {
   rateLimitRps: number;
   retry: RetryPolicy;
   pollIntervalMs?: number;
+  /**
+   * LAGO_WORKER_LINGER_MS: how long the first event after an idle period waits for others before
+   * the claim (0 = none). CPU per event against lag, for deployments at low steady rates.
+   */
+  lingerMs?: number;
   workerId?: string;
 }
 
@@ -174,6 +179,8 @@ export class DeliveryWorker {
   /** A batch finished since the last claim: what gathered behind it may go. */
   #slotFreed = false;
   #lastClaimAt = 0;
+  /** When the first news since the last claim came (the linger counts from it). */
+  #newsAt = 0;
   /** The last event claimed while batches are in flight: the next claim starts after it. */
   #cursor: { at: string; id: string } | null = null;
   #unlisten: (() => Promise<void>) | null = null;
@@ -186,6 +193,7 @@ export class DeliveryWorker {
   constructor(opts: WorkerOptions) {
     this.#o = {
       pollIntervalMs: 1000,
+      lingerMs: 0,
       workerId: `${process.pid}-${randomUUID().slice(0, 8)}`,
       ...opts,
     } as Required<Omit<WorkerOptions, "metrics">> & Pick<WorkerOptions, "metrics">;
@@ -220,6 +228,7 @@ export class DeliveryWorker {
   /** Makes the dispatcher look for due events now (after a local commit of `events`, or a NOTIFY). */
   wake(events = 0): void {
     this.#hint += events;
+    if (!this.#news) this.#newsAt = Date.now();
     this.#news = true;
     this.#nudge();
   }
@@ -297,6 +306,16 @@ export class DeliveryWorker {
           const ready = this.#news && (this.#busy === 0 || this.#slotFreed || this.#hint >= batchSize);
           if (wait > 0 && !ready) {
             await this.#sleep(wait);
+            continue;
+          }
+          // Linger: after an idle period the first event waits a little for company (a full
+          // batch ends the wait). Behind batches in flight nothing lingers: they are the wait.
+          const linger =
+            ready && this.#busy === 0 && this.#hint < batchSize
+              ? this.#newsAt + this.#o.lingerMs - Date.now()
+              : 0;
+          if (linger > 0) {
+            await this.#sleep(linger);
             continue;
           }
         }

@@ -49,6 +49,8 @@ const states = () => outboxStates(db.sql);
 
 const allDelivered = (n: number) => async () => (await states()).delivered === n;
 
+const eventRequests = () => lago.requests.filter((r) => r.path.includes("/events")).map((r) => r.eventCount);
+
 function exactlyOnce() {
   const counts = lago.countByTransaction();
   for (const [id, c] of counts) if (c !== 1) throw new Error(`${id} stored ${c} times`);
@@ -360,6 +362,28 @@ describe("delivery to Lago", () => {
     expect(lago.rejected422).toBe(0);
     const workers = await db.sql`SELECT DISTINCT worker_id FROM webhook_logs`;
     expect(workers.length).toBe(2);
+  });
+
+  it("an idle worker sends a call's events at once; LAGO_WORKER_LINGER_MS gathers calls within it", async () => {
+    t = await startService(db.url, env(), { worker: true });
+    await ingest(t, [usageEvent()]);
+    await eventually(allDelivered(2), "first call delivered");
+    await ingest(t, [usageEvent()]);
+    await eventually(allDelivered(4), "second call delivered");
+    expect(eventRequests()).toEqual([2, 2]);
+    await t.close();
+
+    lago.reset();
+    t = await startService(db.url, env({ LAGO_WORKER_LINGER_MS: "1500" }), { worker: true });
+    const started = Date.now();
+    await ingest(t, [usageEvent()]);
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await states()).delivered).toBe(4); // the new call lingers
+    await ingest(t, [usageEvent()]);
+    await eventually(allDelivered(8), "both lingering calls delivered");
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1400);
+    expect(eventRequests()).toEqual([4]);
+    expect(exactlyOnce()).toBe(4);
   });
 
   it("validate names each check: key, metric and its filters, the subscriptions of customers with usage", async () => {
