@@ -3,6 +3,7 @@ import { Command, InvalidArgumentError } from "commander";
 import type { Logger } from "pino";
 import { isoTime, settingsOrExit, withService } from "./cli-support.ts";
 import { registerCompletenessCommands } from "./completeness/cli.ts";
+import { startDriftCheck } from "./completeness/drift-check.ts";
 import { startReconciler } from "./completeness/reconciler.ts";
 import { migrate } from "./db/migrate.ts";
 import { openPool } from "./db/pool.ts";
@@ -84,11 +85,13 @@ program
     await app.listen({ host: opts.host ?? settings.host, port: opts.port ?? settings.port });
     await service.worker?.start();
     const reconciler = settings.workerEnabled ? startReconciler(service) : null;
+    const driftCheck = settings.workerEnabled ? startDriftCheck(service) : null;
     startHousekeeping(service);
     await startEntitlements(service);
     onShutdown(log, async () => {
       await app.close();
       await reconciler?.stop();
+      await driftCheck?.stop();
       await service.close();
     });
   });
@@ -107,11 +110,13 @@ program
     const service = createService(settings, log, { worker: true });
     await service.worker?.start();
     const reconciler = startReconciler(service);
+    const driftCheck = startDriftCheck(service);
     startHousekeeping(service);
     await startEntitlements(service);
     log.info("delivery worker running");
     onShutdown(log, async () => {
       await reconciler?.stop();
+      await driftCheck?.stop();
       await service.close();
     });
   });

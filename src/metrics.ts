@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 
 /** Prometheus metrics of one process (prefix `lago_billing_`, base units, no customer labels). */
 export interface Metrics {
@@ -16,6 +16,18 @@ export interface Metrics {
   sinkState: Gauge<"state">;
   lastSuccess: Gauge;
   batchSize: Gauge;
+  /** Parked events now by state and reason class (set at scrape, src/operations/monitoring.ts). */
+  parkedNow: Gauge<"state" | "reason">;
+  /** The latest periodic drift check (drift_checks, set at scrape; the same on every replica). */
+  driftUnexplained: Gauge;
+  driftCalls: Gauge<"kind" | "explained">;
+  driftWindowCalls: Gauge<"source">;
+  driftSpendlogsAvailable: Gauge;
+  driftLastCheck: Gauge;
+  driftCheckDuration: Gauge;
+  driftCheckInterval: Gauge;
+  /** Drift checks this process ran. */
+  driftChecks: Counter<"outcome">;
 }
 
 /** "2xx", "4xx", "429", "5xx", or "network" when no answer came. */
@@ -27,6 +39,8 @@ export function statusClass(status: number | null): string {
 
 export function createMetrics(): Metrics {
   const registry = new Registry();
+  // process_* and nodejs_* (CPU, memory, event loop lag), unprefixed as every Node exporter has them.
+  collectDefaultMetrics({ register: registry });
   const p = "lago_billing_";
   return {
     registry,
@@ -104,6 +118,55 @@ export function createMetrics(): Metrics {
     batchSize: new Gauge({
       name: `${p}lago_batch_size`,
       help: "Events per POST /api/v1/events/batch now: LAGO_BATCH_SIZE, or less after Lago answered too_many_events",
+      registers: [registry],
+    }),
+    parkedNow: new Gauge({
+      name: `${p}lago_events_parked`,
+      help: "Parked outgoing events now, by state (failed, unbillable) and reason (multiple_subscriptions, before_subscription_start, after_subscription_end, no_subscription, lago_rejected, max_attempts, max_age, other)",
+      labelNames: ["state", "reason"],
+      registers: [registry],
+    }),
+    driftUnexplained: new Gauge({
+      name: `${p}drift_unexplained_calls`,
+      help: "Calls with a difference nothing explains between SpendLogs, the ledger and Lago, in the last drift check's window",
+      registers: [registry],
+    }),
+    driftCalls: new Gauge({
+      name: `${p}drift_calls`,
+      help: "Calls per difference kind in the last drift check's window (explained=true: in progress or by design)",
+      labelNames: ["kind", "explained"],
+      registers: [registry],
+    }),
+    driftWindowCalls: new Gauge({
+      name: `${p}drift_window_calls`,
+      help: "Calls each source holds in the last drift check's window (spendlogs, ledger, delivered)",
+      labelNames: ["source"],
+      registers: [registry],
+    }),
+    driftSpendlogsAvailable: new Gauge({
+      name: `${p}drift_spendlogs_available`,
+      help: "1 when the last drift check could read LiteLLM's SpendLogs, 0 when it compared the ledger and Lago only",
+      registers: [registry],
+    }),
+    driftLastCheck: new Gauge({
+      name: `${p}drift_last_check_timestamp_seconds`,
+      help: "When the last drift check completed (0: none yet)",
+      registers: [registry],
+    }),
+    driftCheckDuration: new Gauge({
+      name: `${p}drift_check_duration_seconds`,
+      help: "How long the last completed drift check took",
+      registers: [registry],
+    }),
+    driftCheckInterval: new Gauge({
+      name: `${p}drift_check_interval_seconds`,
+      help: "DRIFT_CHECK_INTERVAL_SECONDS (0: the periodic drift check is off)",
+      registers: [registry],
+    }),
+    driftChecks: new Counter({
+      name: `${p}drift_checks_total`,
+      help: "Periodic drift checks this process ran, by outcome (ok, error)",
+      labelNames: ["outcome"],
       registers: [registry],
     }),
   };

@@ -56,6 +56,12 @@ export interface Settings {
     safetyLagSeconds: number;
     databaseUrl: string;
   };
+  /** The periodic drift check behind lago_billing_drift_* (src/completeness/drift-check.ts). */
+  driftCheck: {
+    /** 0: off. */
+    intervalSeconds: number;
+    windowHours: number;
+  };
   entitlements: EntitlementSettings;
 }
 
@@ -227,6 +233,10 @@ export function loadSettings(env: Env = process.env): Settings {
       intervalSeconds: num(env, "RECONCILE_INTERVAL_SECONDS", 300, 0),
       safetyLagSeconds: num(env, "RECONCILE_SAFETY_LAG_SECONDS", 120, 0),
       databaseUrl: str(env, "LITELLM_DATABASE_URL", databaseUrl),
+    },
+    driftCheck: {
+      intervalSeconds: num(env, "DRIFT_CHECK_INTERVAL_SECONDS", 900, 0, 7 * 86_400),
+      windowHours: num(env, "DRIFT_CHECK_WINDOW_HOURS", 24, 1 / 60, 24 * 35),
     },
     entitlements,
   };

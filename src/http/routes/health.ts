@@ -1,4 +1,5 @@
 import type { FastifyPluginAsync } from "fastify";
+import { refreshMonitoringGauges } from "../../operations/monitoring.ts";
 import { backlog } from "../../operations/stats.ts";
 import type { Service } from "../../service.ts";
 
@@ -40,6 +41,7 @@ export const healthRoutes: FastifyPluginAsync<{ service: Service }> = async (app
 
   app.get("/health/metrics", async (_req, reply) => {
     const m = service.metrics;
+    const monitoring = refreshMonitoringGauges(service);
     try {
       const b = await backlog(service.sql);
       m.backlog.set({ state: "pending" }, b.pending);
@@ -62,6 +64,7 @@ export const healthRoutes: FastifyPluginAsync<{ service: Service }> = async (app
     }
     const last = service.worker?.lastSuccess;
     if (last) m.lastSuccess.set(last.getTime() / 1000);
+    await monitoring;
     return reply.header("content-type", m.registry.contentType).send(await m.registry.metrics());
   });
 };
