@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 try:
     from litellm.integrations.custom_logger import CustomLogger
@@ -68,7 +69,7 @@ def _flock(path, nonblock=False):
 class LagoBillingCallback(CustomLogger):
     def __init__(self, service_url=None, secret=None, batch_size=None, flush_interval=None,
                  queue_max=None, spool_path=None, timeout=None, max_backoff=None, spill_after=3,
-                 linger=None):
+                 linger=None, metrics_port=None, metrics_host=None):
         with contextlib.suppress(Exception):
             super().__init__()
         base = service_url or os.environ.get("WEBHOOK_SERVICE_URL") or "http://webhook-service:3001"
@@ -99,6 +100,12 @@ class LagoBillingCallback(CustomLogger):
         self._failures, self._retry_at, self._down_since, self._down_kind = 0, 0.0, 0.0, None
         self._last = (None, "")  # (status, detail) of the last failed POST
         self.delivered = self.spooled = self.rejected = self._burst_spooled = 0
+        self._last_success = 0.0  # wall clock of the last 2xx from the service
+        self._metrics_server = None
+        port = int(metrics_port if metrics_port is not None else _env("LAGO_BILLING_METRICS_PORT", 0, int))
+        self.metrics_host = metrics_host or os.environ.get("LAGO_BILLING_METRICS_HOST") or "0.0.0.0"
+        if port > 0:
+            self.start_metrics_server(port)
 
     # ---- LiteLLM hooks: enqueue only, never raise ----------------------------------------
     async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
@@ -133,6 +140,75 @@ class LagoBillingCallback(CustomLogger):
         if now - self._warned.get(key, -every) >= every:
             self._warned[key] = now
             log.warning(msg, *args)
+
+    # ---- metrics (GET /metrics on LAGO_BILLING_METRICS_PORT) ------------------------------
+    def metrics_text(self):
+        """What this process knows, in Prometheus' text format (read from other threads: plain
+        ints and lengths, no lock needed)."""
+        def size(path):
+            try:
+                return os.path.getsize(path)
+            except OSError:
+                return 0
+        p = "lago_billing_callback_"
+        out = []
+
+        def metric(name, kind, help_, samples):
+            out.append(f"# HELP {p}{name} {help_}\n# TYPE {p}{name} {kind}\n")
+            out.extend(f"{p}{name}{labels} {value}\n" for labels, value in samples)
+
+        metric("queue_records", "gauge", "Records in memory waiting to be sent to the webhook service",
+               [("", len(self._queue))])
+        metric("queue_max", "gauge", "LAGO_BILLING_QUEUE_MAX: records kept in memory before the oldest spill to disk",
+               [("", self.queue_max)])
+        metric("spool_bytes", "gauge", "Bytes of records spooled to disk, waiting for the webhook service",
+               [("", size(self.spool_path) + size(self._replaying))])
+        metric("rejected_bytes", "gauge", "Bytes of records the webhook service refused (4xx), kept for an operator",
+               [("", size(self.rejected_path))])
+        metric("records_total", "counter", "Records by outcome: delivered (2xx), spooled (written to disk), rejected",
+               [('{outcome="delivered"}', self.delivered), ('{outcome="spooled"}', self.spooled),
+                ('{outcome="rejected"}', self.rejected)])
+        metric("consecutive_failures", "gauge", "Failed attempts to reach the webhook service since the last success",
+               [("", self._failures)])
+        metric("last_success_timestamp_seconds", "gauge", "When the webhook service last accepted records (0: never)",
+               [("", round(self._last_success, 3))])
+        return "".join(out)
+
+    def start_metrics_server(self, port, host=None):
+        """Serve GET /metrics on a daemon thread; returns the bound port (0 picks one), or None if the
+        port is taken (e.g. several LiteLLM workers in one container: only the first serves)."""
+        callback = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404)
+                    return
+                body = callback.metrics_text().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        try:
+            server = ThreadingHTTPServer((host or self.metrics_host, port), Handler)
+        except OSError as exc:
+            log.warning("lago_billing: metrics not served on %s:%s: %r", host or self.metrics_host, port, exc)
+            return None
+        server.daemon_threads = True
+        self._metrics_server = server
+        threading.Thread(target=server.serve_forever, name="lago-billing-metrics", daemon=True).start()
+        return server.server_address[1]
+
+    def stop_metrics_server(self):
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
 
     # ---- public lifecycle --------------------------------------------------------------
     async def flush(self, timeout=5.0):
@@ -293,6 +369,7 @@ class LagoBillingCallback(CustomLogger):
         status, detail = await self._post(b"[" + b",".join(batch) + b"]")
         if status is not None and 200 <= status < 300:
             self.delivered += len(batch)
+            self._last_success = time.time()
             return []
         if status is None or status < 400 or status >= 500 or status in RETRY:
             self._last = (status, f"HTTP {status}: {detail}" if status else detail)

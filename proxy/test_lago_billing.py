@@ -17,6 +17,8 @@ import sys
 import time
 import types
 import unittest
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import lago_billing
@@ -388,6 +390,53 @@ class LagoBillingTest(unittest.IsolatedAsyncioTestCase):
         # the events were sent before LiteLLM's own shutdown ran, and it still ran once
         self.assertEqual(calls, [("original", expected_ids(3), {"worker_heartbeat": None})])
 
+    async def test_metrics_endpoint_follows_an_outage_the_spool_and_recovery(self):
+        port = free_port()
+        cb = self.make(f"http://127.0.0.1:{port}", spill_after=2, queue_max=1000)
+        mport = cb.start_metrics_server(0, host="127.0.0.1")
+        self.addCleanup(cb.stop_metrics_server)
+
+        def scrape():
+            with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=2) as r:
+                self.assertTrue(r.headers["Content-Type"].startswith("text/plain; version=0.0.4"))
+                text = r.read().decode()
+            values = {}
+            for line in text.splitlines():
+                if line and not line.startswith("#"):
+                    name, value = line.rsplit(" ", 1)
+                    values[name] = float(value)
+            return values
+
+        m = scrape()
+        self.assertEqual(m["lago_billing_callback_queue_records"], 0)
+        self.assertEqual(m["lago_billing_callback_queue_max"], 1000)
+        self.assertEqual(m["lago_billing_callback_last_success_timestamp_seconds"], 0)
+        with self.assertLogs("lago_billing", level="INFO"):
+            await self.send(cb, range(10))  # the service is down: retried, then spooled
+            await self.wait_until(lambda: self.spool_lines() == 10 and cb.spooled == 10, msg="spooled")
+            m = scrape()
+            self.assertEqual(m['lago_billing_callback_records_total{outcome="spooled"}'], 10)
+            self.assertGreater(m["lago_billing_callback_spool_bytes"], 0)
+            self.assertGreaterEqual(m["lago_billing_callback_consecutive_failures"], 2)
+            svc = self.server(port)
+            await self.wait_until(lambda: svc.ids() == expected_ids(10), msg="replayed")
+            svc.status = 422  # refused records are kept aside for an operator
+            await self.send(cb, [10])
+            await self.wait_until(lambda: cb.rejected == 1, msg="rejected")
+        m = scrape()
+        self.assertEqual(m['lago_billing_callback_records_total{outcome="delivered"}'], 10)
+        self.assertEqual(m['lago_billing_callback_records_total{outcome="rejected"}'], 1)
+        self.assertEqual(m["lago_billing_callback_spool_bytes"], 0)
+        self.assertGreater(m["lago_billing_callback_rejected_bytes"], 0)
+        self.assertEqual(m["lago_billing_callback_consecutive_failures"], 0)
+        self.assertLess(abs(m["lago_billing_callback_last_success_timestamp_seconds"] - time.time()), 30)
+        with self.assertRaises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{mport}/other", timeout=2)
+        # The port is taken: a second process (another LiteLLM worker) logs it and carries on.
+        other = self.make("http://127.0.0.1:1")
+        with self.assertLogs("lago_billing", level="WARNING"):
+            self.assertIsNone(other.start_metrics_server(mport, host="127.0.0.1"))
+
     def test_module_instance_and_env(self):
         self.assertIsInstance(lago_billing.proxy_handler_instance, LagoBillingCallback)
         env = {"WEBHOOK_SERVICE_URL": "http://svc:1/", "WEBHOOK_SECRET": "e", "LAGO_BILLING_BATCH_SIZE": "7",
@@ -405,6 +454,21 @@ class LagoBillingTest(unittest.IsolatedAsyncioTestCase):
                           cb.timeout, cb.max_backoff),
                          ("http://svc:1/webhooks/litellm", "e", 7, 0.25, 9, "/x/s", 3.0, 30.0))
         self.assertIsNone(cb._thread)  # nothing started at construction
+        self.assertIsNone(cb._metrics_server)  # LAGO_BILLING_METRICS_PORT unset: no metrics server
+
+    def test_metrics_port_from_env(self):
+        port = free_port()
+        env = {"LAGO_BILLING_METRICS_PORT": str(port), "LAGO_BILLING_METRICS_HOST": "127.0.0.1"}
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            cb = LagoBillingCallback(service_url="http://127.0.0.1:1", spool_path=self.spool)
+        finally:
+            for k, v in old.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        self.addCleanup(cb.stop_metrics_server)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            self.assertIn("lago_billing_callback_spool_bytes 0", r.read().decode())
 
 
 if __name__ == "__main__":
