@@ -144,6 +144,8 @@ async function runCase(c: Case) {
       DATABASE_URL: db.url,
       LAGO_WEBHOOK_URL: lago.url,
       LAGO_API_KEY: "lago-key",
+      // e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile the worker of each case
+      ...(process.env.BENCH_SERVICE_NODE_OPTIONS ? { NODE_OPTIONS: process.env.BENCH_SERVICE_NODE_OPTIONS } : {}),
       ...c.env,
     });
     const lagoPid = lago.proc.child.pid as number;
