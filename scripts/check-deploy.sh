@@ -38,7 +38,7 @@ skip() { printf 'skip  %s\n' "$*"; }
 for f in "$COMPOSE_FILE" .env.example Dockerfile .dockerignore config.yaml deploy.sh \
   deploy/nginx/nginx.conf deploy/postgres/init.sh scripts/backup.sh scripts/restore.sh \
   deploy/prometheus/prometheus.yml deploy/prometheus/rules.yml deploy/prometheus/alerts.yml \
-  deploy/prometheus/alerts.test.yml; do
+  deploy/prometheus/alerts.test.yml deploy/grafana/dashboards/lago-billing.json; do
   [[ -f "$f" ]] || fail "missing file: $f"
 done
 [[ -f "$COMPOSE_FILE" ]] || {
