@@ -225,7 +225,7 @@ for service in "${services[@]}"; do
     fail "$service: container_name set"
   fi
   case "$service" in
-    postgres | redis | litellm)
+    postgres | redis | litellm | prometheus)
       if has_key "$service" ports; then
         fail "$service: publishes ports; it must only be reachable on the compose network"
       else
