@@ -202,6 +202,7 @@ describe("every metric name of the dashboard and the rules is exported", () => {
           WEBHOOK_SERVICE_URL: "http://127.0.0.1:1",
           LAGO_BILLING_SPOOL_PATH: join(tmpdir(), `${db.name}-spool.ndjson`),
           LITELLM_LOCAL_MODEL_COST_MAP: "True",
+          PYTHONDONTWRITEBYTECODE: "1",
         },
         stdio: ["ignore", "pipe", "pipe"],
       },
@@ -270,6 +271,27 @@ describe("every metric name of the dashboard and the rules is exported", () => {
       }
     }
     expect(unknown).toEqual([]);
+  });
+
+  it("is documented: the README's Monitoring section names every metric, panel, alert and recording rule", () => {
+    const readme = read("README.md");
+    const start = readme.indexOf("\n## Monitoring\n");
+    expect(start, "README has a ## Monitoring section").toBeGreaterThan(-1);
+    const section = readme.slice(start, readme.indexOf("\n## ", start + 5));
+    const missing: string[] = [];
+    const exported = [...service.keys(), ...litellm.keys()].filter(
+      (n) =>
+        n.startsWith("lago_billing_") &&
+        !n.startsWith("lago_billing_entitlement_") &&
+        n !== "lago_billing_lago_webhooks_received_total",
+    );
+    for (const name of exported) if (!section.includes(`\`${name}\``)) missing.push(`metric ${name}`);
+    for (const r of rules) {
+      const name = r.alert ?? r.record ?? "";
+      if (!section.includes(`\`${name}\``)) missing.push(`${r.alert ? "alert" : "recording rule"} ${name}`);
+    }
+    for (const p of panels) if (!section.includes(`*${p.title}*`)) missing.push(`panel ${p.title}`);
+    expect(missing).toEqual([]);
   });
 
   it("uses _bucket only on histograms and names only job labels Prometheus scrapes", () => {
