@@ -5,6 +5,7 @@
 #   ./deploy.sh --generate-secrets    also fill missing/placeholder secrets in .env (no prompt)
 #   ./deploy.sh --scale 3             run 3 LiteLLM replicas behind the nginx load balancer
 #   ./deploy.sh --check               preflight only (tools, daemon, .env, compose file); starts nothing
+#   ./deploy.sh --monitoring          also Prometheus and Grafana (the compose profile `monitoring`)
 #
 # Safe to run again: existing secrets in .env are never regenerated, running services are updated
 # in place by `docker compose up -d`.
@@ -28,12 +29,16 @@ REQUIRED_VARS=(POSTGRES_PASSWORD LITELLM_MASTER_KEY LITELLM_SALT_KEY UI_USERNAME
 URL_SAFE_VARS=(POSTGRES_PASSWORD WEBHOOK_DB_PASSWORD REDIS_PASSWORD)
 PROVIDER_VARS=(OPENAI_API_KEY ANTHROPIC_API_KEY COHERE_API_KEY AZURE_API_KEY)
 SERVICES=(postgres redis webhook-service litellm litellm-lb)
+# With --monitoring (compose profile `monitoring`): also required, and also waited for.
+MONITORING_VARS=(GRAFANA_ADMIN_PASSWORD)
+MONITORING_SERVICES=(prometheus grafana)
 
 CHECK_ONLY=0
 GENERATE=0
 SCALE=1
 TIMEOUT=180
 BUILD=1
+MONITORING=0
 GENERATED_SALT=0
 
 # ---- output helpers ---------------------------------------------------------------------------------
@@ -62,6 +67,8 @@ Options:
                        again without --scale goes back to 1).
   --timeout SECONDS    How long to wait for all services to become healthy (default 180).
   --no-build           Do not rebuild the webhook-service image.
+  --monitoring         Also run Prometheus and Grafana (compose profile `monitoring`; Grafana on
+                       GRAFANA_PORT, default 3000, admin password GRAFANA_ADMIN_PASSWORD).
   -h, --help           This help.
 
 Environment:
@@ -89,6 +96,7 @@ while [[ $# -gt 0 ]]; do
       ;;
     --timeout=*) TIMEOUT="${1#*=}" ;;
     --no-build) BUILD=0 ;;
+    --monitoring) MONITORING=1 ;;
     -h | --help)
       usage
       exit 0
@@ -102,6 +110,10 @@ while [[ $# -gt 0 ]]; do
 done
 [[ "$SCALE" =~ ^[1-9][0-9]*$ ]] || die "--scale must be a positive whole number (got '$SCALE')"
 [[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "--timeout must be a positive number of seconds (got '$TIMEOUT')"
+if [[ "$MONITORING" == 1 ]]; then
+  REQUIRED_VARS+=("${MONITORING_VARS[@]}")
+  SERVICES+=("${MONITORING_SERVICES[@]}")
+fi
 
 # ---- .env reading/writing (never `source`d: values are data, not shell code) -------------------------
 # Prints the value of KEY as Docker Compose would read it from .env (last assignment wins;
@@ -211,6 +223,8 @@ check_tools() {
     die "docker not found. Install Docker Engine (https://docs.docker.com/engine/install/) and run this again."
   detect_compose
   ok "compose command: ${COMPOSE[*]} ($("${COMPOSE[@]}" version 2>/dev/null | head -n 1))"
+  # Every compose call below (config, up, ps, logs) then sees Prometheus and Grafana too.
+  [[ "$MONITORING" == 1 ]] && COMPOSE+=(--profile monitoring)
   if ! docker info >/dev/null 2>&1; then
     die "the Docker daemon does not answer ('docker info' failed). Start it (sudo systemctl start docker) or add your user to the docker group (sudo usermod -aG docker \$USER, then log in again)."
   fi
@@ -279,6 +293,13 @@ check_env() {
   while IFS= read -r key; do
     missing+=("$key")
   done < <(missing_required)
+  if [[ "$GENERATE" == 1 && "$MONITORING" == 0 ]]; then
+    # Not required without --monitoring, but generated with the others so that turning monitoring
+    # on later needs no second step.
+    for key in "${MONITORING_VARS[@]}"; do
+      is_placeholder "$(effective_value "$key")" && [[ -z "${!key+x}" ]] && missing+=("$key")
+    done
+  fi
   if [[ ${#missing[@]} -gt 0 ]]; then
     if [[ "$GENERATE" == 1 ]] || confirm "Missing or placeholder values in $ENV_FILE: ${missing[*]}. Generate strong random values for them now?"; then
       generate_secrets "${missing[@]}"
@@ -310,7 +331,9 @@ check_env() {
     done
     exit 1
   fi
-  for key in LITELLM_MASTER_KEY WEBHOOK_SECRET POSTGRES_PASSWORD WEBHOOK_DB_PASSWORD REDIS_PASSWORD UI_PASSWORD; do
+  local -a long_vars=(LITELLM_MASTER_KEY WEBHOOK_SECRET POSTGRES_PASSWORD WEBHOOK_DB_PASSWORD REDIS_PASSWORD UI_PASSWORD)
+  [[ "$MONITORING" == 1 ]] && long_vars+=(GRAFANA_ADMIN_PASSWORD)
+  for key in "${long_vars[@]}"; do
     value="$(effective_value "$key")"
     if [[ ${#value} -lt 16 ]]; then
       warn "$key is shorter than 16 characters; use a long random value (openssl rand -hex 24)."
@@ -455,6 +478,16 @@ ${C_BLD}LiteLLM + Lago billing is up.${C_OFF} ($SCALE LiteLLM replica(s))
   Webhook service   http://localhost:$webhook_port
   Webhook health    http://localhost:$webhook_port/health   /health/ready   /health/live
   Webhook metrics   http://localhost:$webhook_port/health/metrics   (Prometheus)
+EOF
+  if [[ "$MONITORING" == 1 ]]; then
+    local grafana_port
+    grafana_port="$(effective_value GRAFANA_PORT)"
+    cat <<EOF
+  Grafana           http://localhost:${grafana_port:-3000}            (GRAFANA_ADMIN_USER / GRAFANA_ADMIN_PASSWORD in .env; dashboard "LiteLLM + Lago billing")
+  Prometheus        not published: ${COMPOSE[*]} exec prometheus wget -qO- http://127.0.0.1:9090/api/v1/alerts
+EOF
+  fi
+  cat <<EOF
 
 Next steps:
   1. Create a key for a customer (master key = LITELLM_MASTER_KEY in .env):

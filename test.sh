@@ -48,7 +48,7 @@ eval "$(scripts/ensure-services.sh)"
 step "LiteLLM virtualenv"
 scripts/ensure-litellm.sh
 
-step "static checkers (docker-compose, shellcheck)"
+step "static checkers (docker-compose, shellcheck, promtool)"
 scripts/ensure-tools.sh
 
 step "types and lint"

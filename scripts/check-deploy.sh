@@ -7,11 +7,15 @@
 #    env file made from .env.example (placeholders replaced), and every variable the compose file
 #    needs is in .env.example (no "variable is not set" warning).
 # 2. shellcheck passes on every *.sh at the repository root, in scripts/ and in deploy/.
+#    The same with the `monitoring` profile enabled (Prometheus and Grafana).
 # 3. deploy/nginx/nginx.conf passes `nginx -t` when an nginx binary is installed.
 # 4. Structural rules of docker-compose.yml: no container_name; postgres and redis publish no
 #    ports; every service has a health check, `restart: unless-stopped` and `init: true`; every
 #    image (and the Dockerfile's base images) is pinned to an exact version: no latest,
 #    main-latest, main-stable, lts, no variable, and no known-compromised LiteLLM release.
+# 5. deploy/prometheus/: `promtool check config` (prometheus.yml and its rule files), `promtool check
+#    rules` and `promtool test rules` (alerts.test.yml) when promtool is installed; every Grafana
+#    provisioning file and dashboard JSON parses (test/deploy/monitoring.test.ts checks their queries).
 # Tools that are not installed are skipped with a message; any failure makes the exit status 1.
 set -euo pipefail
 
@@ -32,7 +36,9 @@ skip() { printf 'skip  %s\n' "$*"; }
 
 # ---- 0. files ---------------------------------------------------------------------------------------
 for f in "$COMPOSE_FILE" .env.example Dockerfile .dockerignore config.yaml deploy.sh \
-  deploy/nginx/nginx.conf deploy/postgres/init.sh scripts/backup.sh scripts/restore.sh; do
+  deploy/nginx/nginx.conf deploy/postgres/init.sh scripts/backup.sh scripts/restore.sh \
+  deploy/prometheus/prometheus.yml deploy/prometheus/rules.yml deploy/prometheus/alerts.yml \
+  deploy/prometheus/alerts.test.yml deploy/grafana/dashboards/lago-billing.json; do
   [[ -f "$f" ]] || fail "missing file: $f"
 done
 [[ -f "$COMPOSE_FILE" ]] || {
@@ -65,6 +71,17 @@ else
     fi
   else
     fail "compose config (${compose_cmd[*]}) rejected $COMPOSE_FILE:"
+    printf '%s\n' "$out" >&2
+  fi
+  if out="$(env -i PATH="$PATH" HOME="$TMP_DIR" "${compose_cmd[@]}" --env-file "$env_file" -f "$COMPOSE_FILE" --profile monitoring config -q 2>&1)"; then
+    if grep -qi 'is not set' <<<"$out"; then
+      fail "compose config --profile monitoring: variables missing from .env.example:"
+      grep -i 'is not set' <<<"$out" >&2
+    else
+      pass "compose config -q --profile monitoring (${compose_cmd[*]}) with .env.example"
+    fi
+  else
+    fail "compose config --profile monitoring (${compose_cmd[*]}) rejected $COMPOSE_FILE:"
     printf '%s\n' "$out" >&2
   fi
 fi
@@ -208,7 +225,7 @@ for service in "${services[@]}"; do
     fail "$service: container_name set"
   fi
   case "$service" in
-    postgres | redis | litellm)
+    postgres | redis | litellm | prometheus)
       if has_key "$service" ports; then
         fail "$service: publishes ports; it must only be reachable on the compose network"
       else
@@ -255,6 +272,38 @@ if [[ -f Dockerfile ]]; then
     esac
   done < <(grep -E '^[[:space:]]*(ARG|FROM)[[:space:]]' Dockerfile)
 fi
+
+# ---- 5. Prometheus rules and Grafana files -------------------------------------------------------------
+if command -v promtool >/dev/null 2>&1; then
+  if out="$(promtool check config deploy/prometheus/prometheus.yml 2>&1)"; then
+    pass "promtool check config deploy/prometheus/prometheus.yml (and its rule files)"
+  else
+    fail "promtool check config rejected deploy/prometheus/prometheus.yml:"
+    printf '%s\n' "$out" >&2
+  fi
+  if out="$(promtool check rules deploy/prometheus/rules.yml deploy/prometheus/alerts.yml 2>&1)"; then
+    pass "promtool check rules deploy/prometheus/{rules,alerts}.yml"
+  else
+    fail "promtool check rules:"
+    printf '%s\n' "$out" >&2
+  fi
+  if out="$(promtool test rules deploy/prometheus/alerts.test.yml 2>&1)"; then
+    pass "promtool test rules deploy/prometheus/alerts.test.yml"
+  else
+    fail "promtool test rules deploy/prometheus/alerts.test.yml:"
+    printf '%s\n' "$out" >&2
+  fi
+else
+  skip "promtool: not installed (apt-get install prometheus)"
+fi
+command -v node >/dev/null 2>&1 || skip "Grafana JSON: node is not installed"
+command -v node >/dev/null 2>&1 && while IFS= read -r f; do
+  if node -e 'JSON.parse(require("node:fs").readFileSync(process.argv[1], "utf8"))' "$f" 2>/dev/null; then
+    pass "$f parses"
+  else
+    fail "$f is not valid JSON"
+  fi
+done < <(find deploy/grafana -type f -name '*.json' | sort)
 
 echo
 if [[ "$FAILURES" -gt 0 ]]; then

@@ -7,13 +7,18 @@
 #                             model and a local Lago double receives the billing (no provider key,
 #                             no Lago account needed); customer-123 is subscribed
 #   scripts/stack.sh down     stop what `up` started (never the machine's shared PostgreSQL/Redis)
+#                             When a `prometheus` binary is installed (Debian's package; scripts/
+#                             ensure-tools.sh installs it), `up` also starts Prometheus with the alert
+#                             and recording rules of deploy/prometheus/, scraping both services.
 #   scripts/stack.sh status   show each part; exit 0 only when both services answer
 #
 # Env overrides: STACK_DIR (.stack), WEBHOOK_PORT (3001), LITELLM_PORT (4000), DEMO_UPSTREAM_PORT
 # (4010) and DEMO_LAGO_PORT (3010) for --demo, LITELLM_CONFIG
 # (config.yaml), DATABASE_URL (tried first), LITELLM_USE_DATABASE=1 (give LiteLLM the database too),
 # WEBHOOK_HOST / LITELLM_HOST (127.0.0.1), STACK_TIMEOUT (seconds to wait for health, 120),
-# STACK_POSTGRES=embedded (skip DATABASE_URL and the machine's cluster, e.g. to test the fallback).
+# STACK_POSTGRES=embedded (skip DATABASE_URL and the machine's cluster, e.g. to test the fallback),
+# PROMETHEUS_PORT (9090), PROMETHEUS_SCRAPE_INTERVAL (15s), STACK_PROMETHEUS=0 (do not start it),
+# CALLBACK_METRICS_PORT (9464: the billing callback's /metrics, LAGO_BILLING_METRICS_PORT of LiteLLM).
 # Values in .env are used for anything not already in the environment (as docker compose does);
 # STACK_ENV_FILE names another file instead (/dev/null: none, as the tests do).
 # The ports of the last `up` are remembered in $STACK_DIR/ports and reused when not set.
@@ -27,9 +32,15 @@ STACK_DIR="$(abs "${STACK_DIR:-$ROOT/.stack}")"
 if [[ -f "$STACK_DIR/ports" ]]; then
   WEBHOOK_PORT="${WEBHOOK_PORT:-$(sed -n 's/^WEBHOOK_PORT=//p' "$STACK_DIR/ports")}"
   LITELLM_PORT="${LITELLM_PORT:-$(sed -n 's/^LITELLM_PORT=//p' "$STACK_DIR/ports")}"
+  PROMETHEUS_PORT="${PROMETHEUS_PORT:-$(sed -n 's/^PROMETHEUS_PORT=//p' "$STACK_DIR/ports")}"
+  CALLBACK_METRICS_PORT="${CALLBACK_METRICS_PORT:-$(sed -n 's/^CALLBACK_METRICS_PORT=//p' "$STACK_DIR/ports")}"
 fi
 WEBHOOK_PORT="${WEBHOOK_PORT:-3001}"
 LITELLM_PORT="${LITELLM_PORT:-4000}"
+PROMETHEUS_PORT="${PROMETHEUS_PORT:-9090}"
+CALLBACK_METRICS_PORT="${CALLBACK_METRICS_PORT:-9464}"
+PROMETHEUS_SCRAPE_INTERVAL="${PROMETHEUS_SCRAPE_INTERVAL:-15s}"
+PROMETHEUS_DIR="$STACK_DIR/prometheus"
 DEMO_UPSTREAM_PORT="${DEMO_UPSTREAM_PORT:-4010}"
 DEMO_LAGO_PORT="${DEMO_LAGO_PORT:-3010}"
 DEMO=0
@@ -397,6 +408,8 @@ start_litellm() {
     return
   fi
   port_busy "$LITELLM_PORT" && die "port $LITELLM_PORT is taken by another process (set LITELLM_PORT)"
+  port_busy "$CALLBACK_METRICS_PORT" \
+    && warn "port $CALLBACK_METRICS_PORT is taken: the billing callback will not serve its metrics (set CALLBACK_METRICS_PORT)"
   prepare_litellm_dir
 
   # LITELLM_MODE=PRODUCTION: in its default DEV mode LiteLLM loads the first .env it finds walking
@@ -410,6 +423,8 @@ start_litellm() {
     "WEBHOOK_SECRET=$WEBHOOK_SECRET"
     "REDIS_HOST=$REDIS_ADDR_HOST" "REDIS_PORT=$REDIS_ADDR_PORT"
     "LAGO_BILLING_SPOOL_PATH=${LAGO_BILLING_SPOOL_PATH:-$STACK_DIR/lago_billing_spool.ndjson}"
+    # The callback's own /metrics (queue, spool, failures), scraped by the stack's Prometheus.
+    "LAGO_BILLING_METRICS_PORT=$CALLBACK_METRICS_PORT" "LAGO_BILLING_METRICS_HOST=127.0.0.1"
   )
   # HOST/PORT are click env defaults of the litellm CLI; the flags below set them explicitly.
   local unset_vars=(-u PORT -u HOST)
@@ -426,6 +441,60 @@ start_litellm() {
     "$VENV/bin/litellm" --config "$LITELLM_DIR/config.yaml" \
     --host "$LITELLM_HOST" --port "$LITELLM_PORT" --num_workers 1
   LITELLM_PID="$(<"$STACK_DIR/litellm.pid")"
+}
+
+# --- Prometheus (when installed) -------------------------------------------------------------------
+
+have_prometheus() { [[ "${STACK_PROMETHEUS:-1}" != 0 ]] && command -v prometheus >/dev/null; }
+
+# The compose profile's deploy/prometheus/prometheus.yml with this stack's 127.0.0.1 targets and the
+# repository's rule files: the same job names, so the same alerts and dashboard queries apply.
+write_prometheus_config() {
+  mkdir -p "$PROMETHEUS_DIR/data"
+  cat >"$PROMETHEUS_DIR/prometheus.yml" <<EOF
+# Written by scripts/stack.sh up (the native stack); deploy/prometheus/prometheus.yml is the compose one.
+global:
+  scrape_interval: $PROMETHEUS_SCRAPE_INTERVAL
+  evaluation_interval: $PROMETHEUS_SCRAPE_INTERVAL
+  external_labels:
+    stack: lago-billing-native
+rule_files:
+  - $ROOT/deploy/prometheus/rules.yml
+  - $ROOT/deploy/prometheus/alerts.yml
+scrape_configs:
+  - job_name: webhook-service
+    metrics_path: /health/metrics
+    static_configs:
+      - targets: ["127.0.0.1:$WEBHOOK_PORT"]
+  - job_name: litellm-callback
+    metrics_path: /metrics
+    static_configs:
+      - targets: ["127.0.0.1:$CALLBACK_METRICS_PORT"]
+  - job_name: prometheus
+    static_configs:
+      - targets: ["127.0.0.1:$PROMETHEUS_PORT"]
+EOF
+}
+
+start_prometheus() {
+  local pid
+  PROMETHEUS_PID=""
+  have_prometheus || return 0
+  if pid="$(pid_of prometheus "$PROMETHEUS_DIR/prometheus.yml")"; then
+    say "prometheus: already running (pid $pid)"
+    PROMETHEUS_PID="$pid"
+    return
+  fi
+  if port_busy "$PROMETHEUS_PORT"; then
+    warn "port $PROMETHEUS_PORT is taken by another process: Prometheus not started (set PROMETHEUS_PORT)"
+    return
+  fi
+  write_prometheus_config
+  say "prometheus: starting on http://127.0.0.1:$PROMETHEUS_PORT (log $STACK_DIR/prometheus.log)"
+  start_bg prometheus "$PROMETHEUS_DIR" "$(command -v prometheus)" \
+    --config.file="$PROMETHEUS_DIR/prometheus.yml" --storage.tsdb.path="$PROMETHEUS_DIR/data" \
+    --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" --storage.tsdb.retention.time=7d
+  PROMETHEUS_PID="$(<"$STACK_DIR/prometheus.pid")"
 }
 
 # --- the offline demo (--demo) ---------------------------------------------------------------------
@@ -483,7 +552,8 @@ cmd_up() {
   secrets
   choose_postgres
   printf '%s\n' "$DB_URL" >"$STACK_DIR/database_url"
-  printf 'WEBHOOK_PORT=%s\nLITELLM_PORT=%s\n' "$WEBHOOK_PORT" "$LITELLM_PORT" >"$STACK_DIR/ports"
+  printf 'WEBHOOK_PORT=%s\nLITELLM_PORT=%s\nPROMETHEUS_PORT=%s\nCALLBACK_METRICS_PORT=%s\n' \
+    "$WEBHOOK_PORT" "$LITELLM_PORT" "$PROMETHEUS_PORT" "$CALLBACK_METRICS_PORT" >"$STACK_DIR/ports"
   ensure_redis
   "$ROOT/scripts/ensure-litellm.sh"
   if [[ "${LITELLM_USE_DATABASE:-0}" == 1 ]] && ! "$VENV/bin/python" -c 'import prisma' 2>/dev/null; then
@@ -497,10 +567,15 @@ cmd_up() {
   # callback tolerates a webhook service that is still starting (it retries and spools).
   start_webhook
   start_litellm
+  start_prometheus
   wait_healthy webhook "http://127.0.0.1:$WEBHOOK_PORT/health/ready" "$WEBHOOK_PID" \
     || die "webhook service did not become ready (scripts/stack.sh down stops what did start)"
   wait_healthy litellm "http://127.0.0.1:$LITELLM_PORT/health/liveliness" "$LITELLM_PID" \
     || die "LiteLLM did not become healthy (scripts/stack.sh down stops what did start)"
+  if [[ -n "$PROMETHEUS_PID" ]]; then
+    wait_healthy prometheus "http://127.0.0.1:$PROMETHEUS_PORT/-/ready" "$PROMETHEUS_PID" \
+      || die "Prometheus did not become ready (scripts/stack.sh down stops what did start)"
+  fi
   [[ "$DEMO" == 1 ]] && setup_demo_billing
 
   cat <<EOF
@@ -512,6 +587,14 @@ cmd_up() {
   webhook secret   $SECRET_SOURCE
   logs             $STACK_DIR/{webhook,litellm}.log
 EOF
+  if [[ -n "$PROMETHEUS_PID" ]]; then
+    cat <<EOF
+  Prometheus       http://127.0.0.1:$PROMETHEUS_PORT   (/targets, /alerts; rules of deploy/prometheus/)
+  callback metrics http://127.0.0.1:$CALLBACK_METRICS_PORT/metrics
+EOF
+  elif ! have_prometheus; then
+    say "Prometheus not started: no prometheus binary (apt-get install prometheus) or STACK_PROMETHEUS=0"
+  fi
   if [[ "$DEMO" == 1 ]]; then
     cat <<EOF
   demo upstream    http://127.0.0.1:$DEMO_UPSTREAM_PORT/v1   (fake OpenAI-compatible: answers every model, canned reply)
@@ -527,6 +610,9 @@ EOF
 }
 
 cmd_down() {
+  if [[ -f "$STACK_DIR/prometheus.pid" ]]; then
+    stop_bg prometheus "$PROMETHEUS_DIR/prometheus.yml"
+  fi
   # LiteLLM first: on exit its billing callback flushes queued events to the webhook service.
   stop_bg litellm "$VENV/bin/litellm"
   stop_bg webhook dist/cli.js
@@ -574,6 +660,14 @@ cmd_status() {
   else
     say "litellm   stopped"
     ok=1
+  fi
+  if pid="$(pid_of prometheus "$PROMETHEUS_DIR/prometheus.yml")"; then
+    code="$(http_code "http://127.0.0.1:$PROMETHEUS_PORT/-/ready")"
+    say "prometheus running  pid $pid  http://127.0.0.1:$PROMETHEUS_PORT  /-/ready=$code"
+  elif [[ -f "$STACK_DIR/prometheus.pid" ]]; then
+    say "prometheus stopped"
+  elif ! have_prometheus; then
+    say "prometheus not installed (optional: apt-get install prometheus)"
   fi
   local part
   for part in demo-upstream demo-lago; do

@@ -34,6 +34,7 @@ type Service = {
   init?: boolean;
   depends_on?: Record<string, { condition?: string }>;
   container_name?: string;
+  profiles?: string[];
 };
 type Compose = { services: Record<string, Service>; volumes?: Record<string, unknown> };
 
@@ -125,14 +126,18 @@ describe("scripts/check-deploy.sh", () => {
 });
 
 describe("docker-compose.yml", () => {
-  it("has exactly the five services", () => {
-    expect(Object.keys(services).sort()).toEqual([
+  it("has exactly the five services, and Prometheus and Grafana only under the monitoring profile", () => {
+    const core = Object.entries(services).filter(([, s]) => s.profiles === undefined);
+    expect(core.map(([name]) => name).sort()).toEqual([
       "litellm",
       "litellm-lb",
       "postgres",
       "redis",
       "webhook-service",
     ]);
+    const optional = Object.entries(services).filter(([, s]) => s.profiles !== undefined);
+    expect(optional.map(([name]) => name).sort()).toEqual(["grafana", "prometheus"]);
+    for (const [name, s] of optional) expect(s.profiles, name).toEqual(["monitoring"]);
   });
 
   it("pins every image to an exact version (no rolling tag, no known-bad LiteLLM)", () => {
@@ -210,10 +215,15 @@ describe("docker-compose.yml", () => {
       ]),
     );
     expect(service("redis").volumes).toContain("redis-data:/data");
-    expect(Object.keys(compose.volumes ?? {}).sort()).toEqual(["postgres-data", "redis-data"]);
+    expect(Object.keys(compose.volumes ?? {}).sort()).toEqual([
+      "grafana-data",
+      "postgres-data",
+      "prometheus-data",
+      "redis-data",
+    ]);
   });
 
-  it("publishes only 4000 (load balancer) and 3001 (webhook service)", () => {
+  it("publishes only 4000 (load balancer), 3001 (webhook service) and, with monitoring, 3000 (Grafana)", () => {
     const published: string[] = [];
     for (const [name, s] of Object.entries(services)) {
       for (const p of s.ports ?? []) {
@@ -224,8 +234,55 @@ describe("docker-compose.yml", () => {
         published.push(`${name}:${parts.at(-2)}->${parts.at(-1)}`);
       }
     }
-    expect(published.sort()).toEqual(["litellm-lb:4000->4000", "webhook-service:3001->3001"]);
-    for (const name of ["postgres", "redis", "litellm"]) expect(service(name).ports, name).toBeUndefined();
+    expect(published.sort()).toEqual([
+      "grafana:3000->3000",
+      "litellm-lb:4000->4000",
+      "webhook-service:3001->3001",
+    ]);
+    for (const name of ["postgres", "redis", "litellm", "prometheus"])
+      expect(service(name).ports, name).toBeUndefined();
+    expect(service("grafana").ports).toEqual([
+      `${interp("GRAFANA_BIND_ADDRESS:-0.0.0.0")}:${interp("GRAFANA_PORT:-3000")}:3000`,
+    ]);
+  });
+
+  it("runs pinned Prometheus and Grafana with the repository's config and provisioning, read-only", () => {
+    const prometheus = service("prometheus");
+    const grafana = service("grafana");
+    expect(prometheus.image).toMatch(/^prom\/prometheus:v\d+\.\d+\.\d+$/);
+    expect(grafana.image).toMatch(/^grafana\/grafana:\d+\.\d+\.\d+$/);
+    expect(prometheus.volumes).toEqual([
+      "./deploy/prometheus:/etc/prometheus:ro",
+      "prometheus-data:/prometheus",
+    ]);
+    expect(prometheus.command).toEqual(
+      expect.arrayContaining([
+        "--config.file=/etc/prometheus/prometheus.yml",
+        "--storage.tsdb.path=/prometheus",
+      ]),
+    );
+    expect(grafana.volumes).toEqual([
+      "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro",
+      "./deploy/grafana/dashboards:/etc/grafana/dashboards:ro",
+      "grafana-data:/var/lib/grafana",
+    ]);
+    expect(grafana.environment?.GF_SECURITY_ADMIN_PASSWORD).toBe(interp("GRAFANA_ADMIN_PASSWORD"));
+    expect(grafana.environment?.GF_SECURITY_ADMIN_USER).toBe(interp("GRAFANA_ADMIN_USER:-admin"));
+    expect(String(grafana.environment?.GF_USERS_ALLOW_SIGN_UP)).toBe("false");
+    expect(String(grafana.environment?.GF_AUTH_ANONYMOUS_ENABLED)).toBe("false");
+    expect(grafana.depends_on).toEqual({ prometheus: { condition: "service_healthy" } });
+    expect(JSON.stringify(prometheus.healthcheck?.test)).toContain("/-/ready");
+    expect(JSON.stringify(grafana.healthcheck?.test)).toContain("/api/health");
+    // The callback's metrics port Prometheus scrapes (deploy/prometheus/prometheus.yml).
+    expect(String(service("litellm").environment?.LAGO_BILLING_METRICS_PORT)).toBe("9464");
+    // The provisioned paths exist in the repository.
+    for (const f of [
+      "deploy/prometheus/prometheus.yml",
+      "deploy/grafana/provisioning/datasources/prometheus.yml",
+      "deploy/grafana/provisioning/dashboards/lago-billing.yml",
+      "deploy/grafana/dashboards/lago-billing.json",
+    ])
+      expect(existsSync(join(ROOT, f)), f).toBe(true);
   });
 
   it("protects Redis with a password and enables the append-only file", () => {
@@ -309,6 +366,14 @@ describe(".env.example", () => {
     for (const name of GENERATED_SECRETS) expect(env.get(name), name).toMatch(/change-me/);
     expect(env.get("LITELLM_MASTER_KEY")).toMatch(/^sk-/);
     expect(text).toContain("/api/v1/events/batch");
+  });
+
+  it("has the monitoring profile's variables, the Grafana password a placeholder", () => {
+    expect(env.get("GRAFANA_ADMIN_PASSWORD")).toMatch(/change-me/);
+    expect(env.get("GRAFANA_PORT")).toBe("3000");
+    for (const name of ["GRAFANA_ADMIN_USER", "GRAFANA_BIND_ADDRESS", "PROMETHEUS_RETENTION"]) {
+      expect(env.has(name), name).toBe(true);
+    }
   });
 });
 
@@ -615,6 +680,40 @@ describe("deploy.sh (fake docker)", () => {
       expect(calls).toContain(`inspect -f`);
       expect(calls).toContain(`id-${svc}`);
     }
+  });
+
+  it("--monitoring requires the Grafana password, passes --profile monitoring to compose and waits for both", () => {
+    const dir = workdir();
+    writeFileSync(join(dir, ".env"), completeEnv());
+    // Without --monitoring the placeholder does not matter ("passes with a complete .env" above).
+    const missing = run(dir, ["--check", "--monitoring"]);
+    expect(missing.status).not.toBe(0);
+    expect(missing.stderr).toContain("GRAFANA_ADMIN_PASSWORD");
+
+    const log = join(dir, "docker.log");
+    writeFileSync(join(dir, ".env"), completeEnv({ GRAFANA_ADMIN_PASSWORD: "grafana-0123456789abcdef" }));
+    const r = run(dir, ["--monitoring", "--timeout", "30"], { FAKE_DOCKER_LOG: log });
+    expect(r.status, output(r)).toBe(0);
+    expect(r.stdout).toContain("http://localhost:3000");
+    const calls = readFileSync(log, "utf8");
+    expect(calls).toMatch(/compose --profile monitoring config -q/);
+    expect(calls).toMatch(/compose --profile monitoring up -d/);
+    expect(calls).toContain("id-prometheus");
+    expect(calls).toContain("id-grafana");
+
+    const plain = join(dir, "plain.log");
+    expect(run(dir, ["--timeout", "30"], { FAKE_DOCKER_LOG: plain }).status).toBe(0);
+    expect(readFileSync(plain, "utf8")).not.toContain("monitoring");
+    expect(readFileSync(plain, "utf8")).not.toContain("id-grafana");
+  });
+
+  it("--generate-secrets --monitoring also generates the Grafana admin password", () => {
+    const dir = workdir();
+    const r = run(dir, ["--check", "--generate-secrets", "--monitoring"]);
+    expect(r.status, output(r)).toBe(0);
+    expect(parseEnv(readFileSync(join(dir, ".env"), "utf8")).get("GRAFANA_ADMIN_PASSWORD")).toMatch(
+      /^[0-9a-f]{48}$/,
+    );
   });
 
   it("times out on an unhealthy service and prints its last logs", () => {

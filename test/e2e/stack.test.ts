@@ -4,7 +4,7 @@
  * callback → the webhook service → the demo's Lago double), the README's calls and the `openai` SDK
  * (streamed) through it, then `scripts/stack.sh down` leaving no process behind.
  */
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { connect } from "node:net";
@@ -21,6 +21,9 @@ import { freePort } from "../support/process.ts";
 const STACK = resolve("scripts/stack.sh");
 const MARKER = "<!-- executed by test/e2e/stack.test.ts against the native stack -->";
 const CUSTOMER = "customer-123";
+/** stack.sh starts Prometheus too when the binary is installed (scripts/ensure-tools.sh installs it). */
+const HAS_PROMETHEUS = spawnSync("prometheus", ["--version"], { stdio: "ignore" }).status === 0;
+if (!HAS_PROMETHEUS) console.warn("stack e2e: no prometheus binary, the Prometheus checks are skipped");
 
 interface Run {
   code: number | null;
@@ -132,6 +135,8 @@ let webhookPort: number;
 let litellmPort: number;
 let upstreamPort: number;
 let lagoPort: number;
+let prometheusPort: number;
+let callbackMetricsPort: number;
 let stackEnv: Record<string, string>;
 let up: Run | undefined;
 let downDone = false;
@@ -157,8 +162,15 @@ beforeAll(async () => {
   dbName = `stack_e2e_${randomBytes(5).toString("hex")}`;
   dbUrl = databaseUrl(dbName);
   const ports = new Set<number>();
-  while (ports.size < 4) ports.add(await freePort());
-  [webhookPort, litellmPort, upstreamPort, lagoPort] = [...ports] as [number, number, number, number];
+  while (ports.size < 6) ports.add(await freePort());
+  [webhookPort, litellmPort, upstreamPort, lagoPort, prometheusPort, callbackMetricsPort] = [...ports] as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
 
   // A clean environment: nothing of the caller's (no WEBHOOK_SECRET, LITELLM_MASTER_KEY, provider
   // keys, NODE_ENV, LAGO_* ...), no .env from the repository, the repository's own config.yaml.
@@ -172,6 +184,9 @@ beforeAll(async () => {
     LITELLM_PORT: String(litellmPort),
     DEMO_UPSTREAM_PORT: String(upstreamPort),
     DEMO_LAGO_PORT: String(lagoPort),
+    PROMETHEUS_PORT: String(prometheusPort),
+    PROMETHEUS_SCRAPE_INTERVAL: "1s",
+    CALLBACK_METRICS_PORT: String(callbackMetricsPort),
     DATABASE_URL: dbUrl,
     STACK_TIMEOUT: "70",
     LITELLM_TELEMETRY: "False",
@@ -345,6 +360,45 @@ describe("the native stack (scripts/stack.sh)", () => {
     expect(reprocess, show(result)).toMatchObject({ dry_run: true, moved: 0 });
   });
 
+  it.runIf(HAS_PROMETHEUS)(
+    "starts Prometheus, which scrapes the webhook service and the billing callback (targets up) with our rules",
+    async () => {
+      expect(up?.code).toBe(0);
+      expect(up?.stdout).toContain(`Prometheus       http://127.0.0.1:${prometheusPort}`);
+      const base = `http://127.0.0.1:${prometheusPort}`;
+      type Target = { labels: { job: string }; health: string; scrapeUrl: string; lastError: string };
+      const targets = async () =>
+        ((await (await fetch(`${base}/api/v1/targets`)).json()) as { data: { activeTargets: Target[] } }).data
+          .activeTargets;
+      const upFor = async (job: string) => {
+        const t = (await targets()).find((x) => x.labels.job === job);
+        return t?.health === "up" ? t : undefined;
+      };
+      const service = await eventually(() => upFor("webhook-service"), "the webhook-service target up");
+      expect(service.scrapeUrl).toBe(`http://127.0.0.1:${webhookPort}/health/metrics`);
+      const callback = await eventually(() => upFor("litellm-callback"), "the litellm-callback target up");
+      expect(callback.scrapeUrl).toBe(`http://127.0.0.1:${callbackMetricsPort}/metrics`);
+      // The query API agrees, and the callback's and the service's own series are in.
+      const query = async (q: string) =>
+        (
+          (await (await fetch(`${base}/api/v1/query?query=${encodeURIComponent(q)}`)).json()) as {
+            data: { result: { metric: Record<string, string>; value: [number, string] }[] };
+          }
+        ).data.result;
+      expect((await query('up{job="webhook-service"}'))[0]?.value[1]).toBe("1");
+      expect((await query("lago_billing_callback_queue_max"))[0]?.value[1]).toBeDefined();
+      // The repository's rule files are loaded (the same groups as in compose).
+      const rules = (await (await fetch(`${base}/api/v1/rules`)).json()) as {
+        data: { groups: { name: string }[] };
+      };
+      expect(rules.data.groups.map((g) => g.name)).toEqual(
+        expect.arrayContaining(["lago-billing-recording", "lago-billing-delivery", "lago-billing-callback"]),
+      );
+      const status = await stack("status");
+      expect(status.stdout).toMatch(/prometheus\s+running/);
+    },
+  );
+
   it("stops everything it started: no process left, the ports free again", async () => {
     expect(up?.code).toBe(0);
     const pids = pidFiles();
@@ -352,6 +406,7 @@ describe("the native stack (scripts/stack.sh)", () => {
       "demo-lago.pid",
       "demo-upstream.pid",
       "litellm.pid",
+      ...(HAS_PROMETHEUS ? ["prometheus.pid"] : []),
       "webhook.pid",
     ]);
     for (const { pid } of pids) expect(alive(pid)).toBe(true);
@@ -365,6 +420,8 @@ describe("the native stack (scripts/stack.sh)", () => {
     expect(await portAnswers(litellmPort)).toBe(false);
     expect(await portAnswers(upstreamPort)).toBe(false);
     expect(await portAnswers(lagoPort)).toBe(false);
+    expect(await portAnswers(prometheusPort)).toBe(false);
+    expect(await portAnswers(callbackMetricsPort)).toBe(false);
     expect(pidFiles()).toEqual([]);
 
     const status = await stack("status");
