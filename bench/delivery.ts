@@ -145,7 +145,9 @@ async function runCase(c: Case) {
       LAGO_WEBHOOK_URL: lago.url,
       LAGO_API_KEY: "lago-key",
       // e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile the worker of each case
-      ...(process.env.BENCH_SERVICE_NODE_OPTIONS ? { NODE_OPTIONS: process.env.BENCH_SERVICE_NODE_OPTIONS } : {}),
+      ...(process.env.BENCH_SERVICE_NODE_OPTIONS
+        ? { NODE_OPTIONS: process.env.BENCH_SERVICE_NODE_OPTIONS }
+        : {}),
       ...c.env,
     });
     const lagoPid = lago.proc.child.pid as number;
