@@ -375,6 +375,8 @@ describe("delivery to Lago", () => {
 
     lago.reset();
     t = await startService(db.url, env({ LAGO_WORKER_LINGER_MS: "1500" }), { worker: true });
+    // A worker's first claim at start is a recovery and does not linger: let it find nothing first.
+    await new Promise((r) => setTimeout(r, 500));
     const started = Date.now();
     await ingest(t, [usageEvent()]);
     await new Promise((r) => setTimeout(r, 300));
