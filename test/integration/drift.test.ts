@@ -7,7 +7,7 @@ import { createTestDatabase, type TestDatabase } from "../support/db.ts";
 import { LagoDouble } from "../support/lago-double.ts";
 import { litellmPayload } from "../support/payloads.ts";
 import { CLI } from "../support/process.ts";
-import { AUTH, eventually, startService, type TestService, usageEvent } from "../support/service.ts";
+import { AUTH, settleAllPending, startService, type TestService, usageEvent } from "../support/service.ts";
 import { applyLiteLLMMigrations, insertSpendLogs, type SpendLogRow } from "../support/spendlogs.ts";
 
 const DAY = 86_400_000;
@@ -44,18 +44,7 @@ async function post(url: string, payload: unknown) {
   expect(res.statusCode, res.body).toBe(202);
 }
 
-/** Runs a delivery worker until no event is pending. */
-async function deliverAll() {
-  const w = await startService(db.url, env(), { worker: true });
-  try {
-    await eventually(async () => {
-      const [p] = await db.sql`SELECT count(*)::int AS n FROM lago_events WHERE state = 'pending'`;
-      return p?.n === 0;
-    }, "all events settled");
-  } finally {
-    await w.close();
-  }
-}
+const deliverAll = () => settleAllPending(db.url, env());
 
 beforeAll(async () => {
   lago = await LagoDouble.start({ apiKey: "lago-key" });

@@ -4,7 +4,7 @@ import { runDriftCheck } from "../../src/completeness/drift-check.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
 import { LagoDouble } from "../support/lago-double.ts";
 import { litellmPayload } from "../support/payloads.ts";
-import { AUTH, eventually, startService, type TestService } from "../support/service.ts";
+import { AUTH, settleAllPending, startService, type TestService } from "../support/service.ts";
 import { applyLiteLLMMigrations, insertSpendLogs } from "../support/spendlogs.ts";
 
 let db: TestDatabase;
@@ -44,17 +44,7 @@ async function post(payload: unknown) {
   expect(res.statusCode, res.body).toBe(202);
 }
 
-async function settleAll() {
-  const w = await startService(db.url, env(), { worker: true });
-  try {
-    await eventually(async () => {
-      const [p] = await db.sql`SELECT count(*)::int AS n FROM lago_events WHERE state = 'pending'`;
-      return p?.n === 0;
-    }, "all events settled");
-  } finally {
-    await w.close();
-  }
-}
+const settleAll = () => settleAllPending(db.url, env());
 
 beforeAll(async () => {
   lago = await LagoDouble.start({ apiKey: "lago-key" });

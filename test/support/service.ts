@@ -95,3 +95,17 @@ export async function eventually<T>(
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/** Runs a delivery worker on the database until no outgoing event is pending, then stops it. */
+export async function settleAllPending(databaseUrl: string, env: Record<string, string>): Promise<void> {
+  const w = await startService(databaseUrl, env, { worker: true });
+  try {
+    await eventually(async () => {
+      const [p] = await w.service.sql<{ n: number }[]>`
+        SELECT count(*)::int AS n FROM lago_events WHERE state = 'pending'`;
+      return p?.n === 0;
+    }, "all events settled");
+  } finally {
+    await w.close();
+  }
+}
