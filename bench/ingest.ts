@@ -29,9 +29,24 @@ const { values } = parseArgs({
 });
 const seconds = values.smoke ? 1 : Number(values.seconds);
 
-/** The limit: the same rows straight into the same tables, 1000 calls per INSERT, 4 connections. */
-async function rawInsertCase(url: string, database: string): Promise<CaseResult> {
+/**
+ * One 1000-call batch of a raw case: builds its rows and returns the insert, which resolves with the
+ * calls it inserted (only the insert is timed, as for the HTTP cases).
+ */
+type RawBatch = (sql: postgres.Sql) => () => Promise<number>;
+
+/**
+ * A bare-script limit: `batch` in a loop on 4 connections for the run's length, with the CPU of
+ * PostgreSQL, this process and the machine sampled around it.
+ */
+async function rawCase(
+  name: string,
+  url: string,
+  database: string,
+  prepare: (sql: postgres.Sql) => Promise<RawBatch>,
+): Promise<CaseResult> {
   const sql = postgres(url, { max: 4, onnotice: () => {} });
+  const batch = await prepare(sql);
   const latencies: number[] = [];
   let events = 0;
   // Open the 4 connections before the first CPU sample and read the last one before closing them:
@@ -42,8 +57,38 @@ async function rawInsertCase(url: string, database: string): Promise<CaseResult>
   const deadline = started + seconds * 1000;
   const worker = async () => {
     while (performance.now() < deadline) {
-      const rows = Array.from({ length: 1000 }, event);
+      const insert = batch(sql);
       const t0 = performance.now();
+      const n = await insert(); // not `events += await`: that reads events before the await
+      latencies.push(performance.now() - t0);
+      events += n;
+    }
+  };
+  await Promise.all(Array.from({ length: 4 }, worker));
+  const elapsed = (performance.now() - started) / 1000;
+  const postgresCpu = postgresCpuSeconds(database) - cpu0.p;
+  await sql.end();
+  const l = process.cpuUsage(cpu0.l);
+  return {
+    name,
+    events,
+    seconds: elapsed,
+    latencies: latencies.sort((a, b) => a - b),
+    errors: 0,
+    cpu: {
+      service: 0,
+      postgres: postgresCpu,
+      loadgen: (l.user + l.system) / 1e6,
+      machine: machineBusySeconds() - cpu0.m,
+    },
+  };
+}
+
+/** The limit before 2026-12-03: thin rows (ten columns NULL or constant), 1000 calls per INSERT. */
+function rawInsertCase(url: string, database: string): Promise<CaseResult> {
+  return rawCase("raw INSERT ×1000, thin rows", url, database, async () => (sql) => {
+    const rows = Array.from({ length: 1000 }, event);
+    return async () => {
       await sql.begin(async (tx) => {
         const ids = await tx`
           INSERT INTO usage_events (request_id, event_time, customer_id, user_id, team_id, api_key_hash, model,
@@ -62,28 +107,9 @@ async function rawInsertCase(url: string, database: string): Promise<CaseResult>
             ${ids.map((r) => r.customer_id)}::text[]) AS t(id, request_id, customer_id)
           CROSS JOIN (VALUES (':input'), (':output')) AS kinds(k)`;
       });
-      latencies.push(performance.now() - t0);
-      events += rows.length;
-    }
-  };
-  await Promise.all(Array.from({ length: 4 }, worker));
-  const elapsed = (performance.now() - started) / 1000;
-  const postgresCpu = postgresCpuSeconds(database) - cpu0.p;
-  await sql.end();
-  const l = process.cpuUsage(cpu0.l);
-  return {
-    name: "raw INSERT ×1000, thin rows",
-    events,
-    seconds: elapsed,
-    latencies: latencies.sort((a, b) => a - b),
-    errors: 0,
-    cpu: {
-      service: 0,
-      postgres: postgresCpu,
-      loadgen: (l.user + l.system) / 1e6,
-      machine: machineBusySeconds() - cpu0.m,
-    },
-  };
+      return rows.length;
+    };
+  });
 }
 
 /**
@@ -92,40 +118,33 @@ async function rawInsertCase(url: string, database: string): Promise<CaseResult>
  * as the load varies them, all sent as arrays; plain INSERTs (no dedupe), 1000 calls per
  * transaction, 4 connections. The thin-row limit above leaves ten columns NULL or constant.
  */
-async function rawSameRowsCase(url: string, database: string): Promise<CaseResult> {
-  const sql = postgres(url, { max: 4, onnotice: () => {} });
-  const [t] = await sql`
+function rawSameRowsCase(url: string, database: string): Promise<CaseResult> {
+  return rawCase("raw INSERT ×1000, same rows (limit)", url, database, async (sql) => {
+    const [t] = await sql`
     SELECT id, request_id, extract(epoch FROM event_time)::float8 AS event_time, user_id, team_id, org_id,
       api_key_hash, model, provider, call_type, status, tokens_output, tokens_cached, tokens_cache_write,
       tokens_reasoning, cost_usd::text AS cost_usd, cost_source, billable::text AS billable, not_billable_reason,
       source, metadata::text AS metadata
     FROM usage_events WHERE source = 'api' ORDER BY id LIMIT 1`;
-  if (!t) throw new Error("no warm-up row to copy");
-  const templateEvents = await sql`
+    if (!t) throw new Error("no warm-up row to copy");
+    const templateEvents = await sql`
     SELECT substr(transaction_id, length(${t.request_id as string}) + 1) AS suffix, code,
       event_timestamp::text AS event_timestamp, properties::text AS properties,
       precise_total_amount_cents::text AS cents, external_subscription_id IS NOT NULL AS has_sub
     FROM lago_events WHERE usage_event_id = ${t.id as string} ORDER BY id`;
-  const latencies: number[] = [];
-  let events = 0;
-  let seq = 0;
-  const run = createHash("sha256").update(String(Math.random())).digest("hex").slice(0, 8);
-  await Promise.all(Array.from({ length: 4 }, () => sql.begin((tx) => tx`SELECT pg_sleep(0.05)`)));
-  const cpu0 = { p: postgresCpuSeconds(database), l: process.cpuUsage(), m: machineBusySeconds() };
-  const started = performance.now();
-  const deadline = started + seconds * 1000;
-  const col = <T>(n: number, f: (i: number) => T) => Array.from({ length: n }, (_, i) => f(i));
-  const worker = async () => {
-    while (performance.now() < deadline) {
+    let seq = 0;
+    const run = createHash("sha256").update(String(Math.random())).digest("hex").slice(0, 8);
+    const col = <T>(n: number, f: (i: number) => T) => Array.from({ length: n }, (_, i) => f(i));
+    return () => {
       const first = seq;
       seq += 1000;
       const ids = col(1000, (i) => `raw2-${run}-${first + i}`);
       const customers = col(1000, (i) => `customer-${(first + i) % 100}`);
       const input = col(1000, (i) => 100 + ((first + i) % 50));
       const same = <T>(v: T) => col(1000, () => v);
-      const t0 = performance.now();
-      await sql.begin(async (tx) => {
-        const rows = await tx`
+      return async () => {
+        await sql.begin(async (tx) => {
+          const rows = await tx`
           INSERT INTO usage_events (request_id, event_time, customer_id, user_id, team_id, org_id, api_key_hash,
             model, provider, call_type, status, tokens_input, tokens_output, tokens_cached, tokens_cache_write,
             tokens_reasoning, total_tokens, cost_usd, cost_source, billable, not_billable_reason, source,
@@ -143,8 +162,8 @@ async function rawSameRowsCase(url: string, database: string): Promise<CaseResul
             ${ids.map((r) => createHash("sha256").update(r).digest("hex"))}::text[], ${same(t.metadata)}::text[])
             AS x(r, et, c, u, tm, o, k, m, p, ct, st, ti, tout, tc, tcw, tr, tt, cu, cs, b, nb, src, f, md)
           RETURNING id, request_id, customer_id`;
-        const ev = rows.flatMap((r) => templateEvents.map((e) => ({ r, e })));
-        await tx`
+          const ev = rows.flatMap((r) => templateEvents.map((e) => ({ r, e })));
+          await tx`
           INSERT INTO lago_events (usage_event_id, transaction_id, customer_id, code, event_timestamp, properties,
             precise_total_amount_cents, external_subscription_id)
           SELECT i, tx, c, cd, ts, pr::jsonb, pc, sub
@@ -153,29 +172,11 @@ async function rawSameRowsCase(url: string, database: string): Promise<CaseResul
             ${ev.map((x) => x.e.event_timestamp)}::numeric[], ${ev.map((x) => x.e.properties)}::text[],
             ${ev.map((x) => x.e.cents)}::numeric[], ${ev.map((x) => (x.e.has_sub ? x.r.customer_id : null))}::text[])
             AS x(i, tx, c, cd, ts, pr, pc, sub)`;
-      });
-      latencies.push(performance.now() - t0);
-      events += ids.length;
-    }
-  };
-  await Promise.all(Array.from({ length: 4 }, worker));
-  const elapsed = (performance.now() - started) / 1000;
-  const postgresCpu = postgresCpuSeconds(database) - cpu0.p;
-  await sql.end();
-  const l = process.cpuUsage(cpu0.l);
-  return {
-    name: "raw INSERT ×1000, same rows (limit)",
-    events,
-    seconds: elapsed,
-    latencies: latencies.sort((a, b) => a - b),
-    errors: 0,
-    cpu: {
-      service: 0,
-      postgres: postgresCpu,
-      loadgen: (l.user + l.system) / 1e6,
-      machine: machineBusySeconds() - cpu0.m,
-    },
-  };
+        });
+        return ids.length;
+      };
+    };
+  });
 }
 
 async function main() {
