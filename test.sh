@@ -18,7 +18,8 @@ started=$(date +%s)
 step() { printf '\n==> %s (%ss)\n' "$1" "$(( $(date +%s) - started ))"; }
 
 step "node dependencies"
-lock_hash=$(sha256sum package-lock.json | cut -d' ' -f1)
+# The lockfile and the dependency patches (patches/, applied by npm's postinstall) decide the install.
+lock_hash=$(cat package-lock.json patches/*.patch | sha256sum | cut -d' ' -f1)
 if [ "$(cat node_modules/.lock-hash 2>/dev/null || true)" != "$lock_hash" ]; then
   npm ci --no-audit --no-fund
   echo "$lock_hash" > node_modules/.lock-hash

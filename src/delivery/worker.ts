@@ -392,9 +392,18 @@ export class DeliveryWorker {
     }
     const batches = Math.ceil(claimed.length / batchSize);
     this.#busy += batches;
+    const started = performance.now();
     const p = this.#runClaim(conn, claimed, batchSize, batches)
       .catch((err: unknown) => {
-        this.#o.log.error({ err }, "delivery failed; its events are due again (nothing was settled)");
+        const claimMs = Math.round(performance.now() - started);
+        // PostgreSQL ends a claim's session once it sits idle past the lease (idle in transaction).
+        const closed = (err as { code?: unknown } | null)?.code === "CONNECTION_CLOSED";
+        this.#o.log.error(
+          { err, claimMs, events: claimed.length },
+          closed
+            ? "delivery failed: the claim lost its database connection; its events are due again (nothing was settled). If the claim took longer than LAGO_LEASE_SECONDS (slow Lago lookups), raise it"
+            : "delivery failed; its events are due again (nothing was settled)",
+        );
         this.#o.metrics?.databaseErrors.inc({ where: "delivery" });
       })
       .finally(() => this.#claims.delete(p));

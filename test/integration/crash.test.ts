@@ -113,4 +113,43 @@ describe("crash safety with real processes and SIGKILL", () => {
       await db.sql`SELECT count(*) FILTER (WHERE state <> 'delivered')::int AS other FROM lago_events`;
     expect(s?.other).toBe(0);
   });
+
+  it("survives PostgreSQL ending a claim that outlasted its lease, and delivers every event once", async () => {
+    await db.sql`TRUNCATE lago_events, usage_events, webhook_logs`;
+    // Every Lago request takes 0.8 s: the first claim's lookups (metrics, subscription) and its send
+    // add up to more than the 2 s lease, so PostgreSQL ends its session while it waits for Lago.
+    lago.latencyMs = 800;
+    const t = await startService(db.url, {}, { worker: false });
+    await ingestBatches(
+      t,
+      Array.from({ length: 5 }, () => usageEvent()),
+    );
+    await t.close();
+    const worker = runCli(["worker"], {
+      DATABASE_URL: db.url,
+      LAGO_WEBHOOK_URL: lago.url,
+      LAGO_API_KEY: "lago-key",
+      LAGO_LEASE_SECONDS: "2",
+      LAGO_REQUEST_TIMEOUT_MS: "1000",
+    });
+    const before = lago.eventCount;
+    try {
+      await eventually(
+        async () => {
+          if (worker.child.exitCode !== null) throw new Error(`the worker died:\n${worker.output()}`);
+          return (
+            (await db.sql`SELECT count(*)::int AS n FROM lago_events WHERE state = 'delivered'`)[0]?.n === 10
+          );
+        },
+        "all 10 delivered",
+        30_000,
+      );
+    } finally {
+      worker.child.kill("SIGTERM");
+      await worker.exited;
+      lago.latencyMs = 0;
+    }
+    expect(lago.eventCount - before).toBe(10);
+    expect([...lago.countByTransaction().values()].every((c) => c === 1)).toBe(true);
+  });
 });
