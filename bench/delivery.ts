@@ -65,6 +65,7 @@ async function bareCase() {
     await seed(sql);
     // Open the connections before the first CPU sample (PostgreSQL's CPU is read per backend).
     await Promise.all(Array.from({ length: 16 }, () => sql.begin((tx) => tx`SELECT pg_sleep(0.05)`)));
+    const x0 = await commits(sql, db.name);
     const cpu0 = { p: postgresCpuSeconds(db.name), l: process.cpuUsage(), m: machineBusySeconds() };
     const started = performance.now();
     let batches = 0;
@@ -112,7 +113,10 @@ async function bareCase() {
     const [states] = await sql`SELECT count(*) FILTER (WHERE state = 'delivered')::int AS delivered,
       count(*) FILTER (WHERE state <> 'delivered')::int AS other FROM lago_events`;
     const events = calls * 2;
+    await new Promise((r) => setTimeout(r, 1200)); // backends report their counters once a second
+    const transactions = (await commits(sql, db.name)) - x0;
     return {
+      transactions,
       name: "limit: bare claim 100 + mark delivered, 16 conns, no HTTP",
       events,
       elapsed,
@@ -138,6 +142,7 @@ async function runCase(c: Case) {
     await lago.setup(customers);
     await seed(sql);
     const events = calls * 2;
+    const x0 = await commits(sql, db.name);
     const cpu0 = { p: postgresCpuSeconds(db.name), m: machineBusySeconds() };
     const started = performance.now();
     const worker = startService(["worker"], {
@@ -170,6 +175,8 @@ async function runCase(c: Case) {
       machine: machineBusySeconds() - cpu0.m,
     };
     await worker.stop();
+    await new Promise((r) => setTimeout(r, 1200)); // backends report their counters once a second
+    const transactions = (await commits(sql, db.name)) - x0;
     const stats = await lago.stats();
     const [states] = await sql`SELECT count(*) FILTER (WHERE state = 'delivered')::int AS delivered,
       count(*) FILTER (WHERE state <> 'delivered')::int AS other FROM lago_events`;
@@ -181,6 +188,7 @@ async function runCase(c: Case) {
       states?.delivered === events &&
       states?.other === 0;
     return {
+      transactions,
       name: c.name,
       events,
       elapsed,
@@ -197,6 +205,16 @@ async function runCase(c: Case) {
   }
 }
 
+/**
+ * Transactions committed or rolled back in the database so far: claims, settles and the bench's own
+ * polls (about 20 a second).
+ */
+async function commits(sql: postgres.Sql, database: string): Promise<number> {
+  const [r] =
+    await sql`SELECT (xact_commit + xact_rollback)::float8 AS n FROM pg_stat_database WHERE datname = ${database}`;
+  return Number(r?.n ?? 0);
+}
+
 async function main() {
   const rows: (string | number)[][] = [
     [
@@ -207,6 +225,7 @@ async function main() {
       "req/s",
       "avg req ms",
       "429s",
+      "transactions",
       "stored once",
       "CPU s: worker",
       "postgres",
@@ -227,6 +246,7 @@ async function main() {
       fmt(r.requests / r.elapsed),
       fmt(r.requestMs, 1),
       r.stats.count429 ?? 0,
+      r.transactions,
       r.ok ? "yes" : "NO",
       fmt(r.cpu.worker, 1),
       fmt(r.cpu.postgres, 1),

@@ -7,7 +7,7 @@ const run = (script: string) =>
   spawnSync(process.execPath, [script, "--smoke"], { encoding: "utf8", timeout: 300_000, env: process.env });
 
 describe("benchmark scripts (smoke)", () => {
-  for (const script of ["bench/ingest.ts", "bench/delivery.ts", "bench/growth.ts"]) {
+  for (const script of ["bench/ingest.ts", "bench/delivery.ts", "bench/growth.ts", "bench/trip.ts"]) {
     it(`${script} runs and its correctness checks pass`, () => {
       const r = run(script);
       expect(r.status, `${r.stdout}\n${r.stderr}`).toBe(0);
