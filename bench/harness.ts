@@ -183,6 +183,16 @@ export function startService(args: string[], env: Record<string, string>): Child
   return spawnChild(process.execPath, ["dist/cli.js", ...args], { WEBHOOK_SECRET: SECRET, ...env });
 }
 
+/**
+ * Transactions committed or rolled back in a database so far (pg_stat_database). Backends report
+ * their counters when they exit, and while open at most every second, or 10 s once idle.
+ */
+export async function transactionCount(sql: postgres.Sql, database: string): Promise<number> {
+  const [r] =
+    await sql`SELECT (xact_commit + xact_rollback)::float8 AS n FROM pg_stat_database WHERE datname = ${database}`;
+  return Number(r?.n ?? 0);
+}
+
 /** Busy CPU seconds of the whole machine, from /proc/stat. */
 export function machineBusySeconds(): number {
   const line = readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "";

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isDatabaseUnavailable, openPool, type Sql } from "../../src/db/pool.ts";
 import { createTestDatabase, type TestDatabase } from "../support/db.ts";
+import { eventually } from "../support/service.ts";
 
 // The delivery worker holds a claim's rows in a transaction on a reserved connection, and relies on
 // PostgreSQL ending that session when it sits idle past LAGO_LEASE_SECONDS. postgres.js 3.4.9 then
@@ -27,8 +28,14 @@ describe("the patched PostgreSQL driver", () => {
     it(`rejects ${name} on a reserved connection whose session PostgreSQL ended, and recovers`, async () => {
       const conn = await sql.reserve();
       await conn.unsafe("BEGIN");
-      await conn.unsafe("SELECT 1");
-      await new Promise((r) => setTimeout(r, 800)); // idle in transaction past the timeout
+      const [me] = await conn.unsafe<{ pid: number }[]>("SELECT pg_backend_pid() AS pid");
+      // Idle in transaction past the timeout: PostgreSQL ends the session.
+      await eventually(
+        async () =>
+          (await db.sql`SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = ${me?.pid as number}`)[0]
+            ?.n === 0,
+        "the session ended by idle_in_transaction_session_timeout",
+      );
       for (const s of [statement, "ROLLBACK"]) {
         const err = await conn.unsafe(s).then(
           () => null,
