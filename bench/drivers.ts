@@ -7,7 +7,9 @@
  *   2. a 1000-row INSERT per statement, 4 concurrent callers: postgres.js with its `sql(rows)` helper
  *      and with unnest of array parameters, pg with unnest of array parameters;
  *   3. an outbox claim: BEGIN; SELECT ... FOR UPDATE SKIP LOCKED LIMIT 100; UPDATE ... WHERE id = ANY;
- *      COMMIT, 4 concurrent workers.
+ *      COMMIT, 4 concurrent workers: one statement per round trip, and pipelined as the delivery
+ *      worker does it (BEGIN with the claim, the update with the COMMIT: two round trips), for
+ *      postgres.js on a reserved connection and for pg on a client with `pipeline: true`.
  *
  * Both drivers send the same SQL text (except the postgres.js helper, which builds its own VALUES
  * list), as named prepared statements. Each case runs in interleaved rounds (postgres.js, pg,
@@ -142,6 +144,8 @@ interface Variant {
   idiom: string;
   /** One operation; returns the rows it wrote (0 ends the run: conflict, or the outbox ran dry). */
   op: () => Promise<number>;
+  /** postgres.js variants are compared with the pg variant of the same pairing (default "plain"). */
+  pair?: string;
 }
 interface Case {
   name: string;
@@ -153,7 +157,7 @@ interface Case {
 const PREPARED = { prepare: true } as const;
 type PgValues = unknown[];
 
-function cases(sql: postgres.Sql, pool: pg.Pool): Case[] {
+function cases(sql: postgres.Sql, pool: pg.Pool, pipelined: pg.Pool): Case[] {
   const pgQuery = (name: string, text: string, values: PgValues = []) => pool.query({ name, text, values });
   const insertOne: Variant[] = [
     {
@@ -181,6 +185,45 @@ function cases(sql: postgres.Sql, pool: pg.Pool): Case[] {
       return ids.length;
     } catch (err) {
       await c.query("ROLLBACK").catch(() => {});
+      throw err;
+    } finally {
+      c.release();
+    }
+  };
+  // The delivery worker's idiom (src/delivery/worker.ts): BEGIN and the claim in one round trip, the
+  // update and the COMMIT in another.
+  const claimPgPipelined = async () => {
+    const c = await pipelined.connect();
+    try {
+      const [, claimed] = await Promise.all([
+        c.query("BEGIN"),
+        c.query<{ id: string }>({ name: "claim", text: CLAIM }),
+      ]);
+      const ids = claimed.rows.map((r) => r.id);
+      await Promise.all([
+        ids.length > 0 ? c.query({ name: "settle", text: SETTLE, values: [ids] }) : null,
+        c.query("COMMIT"),
+      ]);
+      return ids.length;
+    } catch (err) {
+      await c.query("ROLLBACK").catch(() => {});
+      throw err;
+    } finally {
+      c.release();
+    }
+  };
+  const claimPostgresPipelined = async () => {
+    const c = await sql.reserve();
+    try {
+      const [, claimed] = await Promise.all([
+        c.unsafe("BEGIN"),
+        c.unsafe<{ id: string }[]>(CLAIM, [], PREPARED),
+      ]);
+      const ids = claimed.map((r) => r.id);
+      await Promise.all([ids.length > 0 ? c.unsafe(SETTLE, [ids], PREPARED) : null, c.unsafe("COMMIT")]);
+      return ids.length;
+    } catch (err) {
+      await c.unsafe("ROLLBACK").catch(() => {});
       throw err;
     } finally {
       c.release();
@@ -241,6 +284,13 @@ function cases(sql: postgres.Sql, pool: pg.Pool): Case[] {
       variants: [
         { driver: "postgres", idiom: "sql.begin, unsafe prepare", op: claimPostgres },
         { driver: "pg", idiom: "connect, BEGIN, named", op: claimPg },
+        {
+          driver: "postgres",
+          idiom: "reserve, pipelined, prepare",
+          op: claimPostgresPipelined,
+          pair: "pipelined",
+        },
+        { driver: "pg", idiom: "pipeline: true, named", op: claimPgPipelined, pair: "pipelined" },
       ],
     },
   ];
@@ -322,7 +372,9 @@ async function main() {
   const admin = postgres(db.url, { max: 1, onnotice: () => {} });
   const sql = postgres(db.url, { max: POOL, onnotice: () => {} });
   const pool = new pg.Pool({ connectionString: db.url, max: POOL });
+  const pipelinedPool = new pg.Pool({ connectionString: db.url, max: POOL, pipeline: true } as pg.PoolConfig);
   pool.on("error", () => {}); // idle clients killed by DROP DATABASE ... WITH (FORCE)
+  pipelinedPool.on("error", () => {});
   let failed = false;
   try {
     await admin.unsafe(SCHEMA);
@@ -333,7 +385,7 @@ async function main() {
     let seed = Math.ceil(120 * (roundMs + warmMs)); // 120k rows/s; grows if a run uses > 60 %
     const totals: Total[] = [];
     const problems: string[] = [];
-    for (const c of cases(sql, pool)) {
+    for (const c of cases(sql, pool, pipelinedPool)) {
       const mine = c.variants.map((v) => ({ c, v, runs: [] as Run[] }));
       totals.push(...mine);
       for (let round = 0; round < rounds; round++) {
@@ -414,15 +466,17 @@ async function main() {
     const verdicts: string[] = [];
     for (const c of new Set(totals.map((t) => t.c))) {
       const mine = totals.filter((t) => t.c === c);
-      const pgTotal = mine.find((t) => t.v.driver === "pg");
-      const base = pgTotal ? sum(pgTotal) : undefined;
-      let best: { idiom: string; ratio: number; cpu: number } | undefined;
+      const pairOf = (t: Total) => t.v.pair ?? "plain";
+      const bases = new Map(mine.filter((t) => t.v.driver === "pg").map((t) => [pairOf(t), sum(t)]));
+      const best = new Map<string, { idiom: string; ratio: number; cpu: number }>();
       for (const t of mine) {
         const s = sum(t);
+        const base = bases.get(pairOf(t));
         const ratio = base && t.v.driver === "postgres" ? s.opsPerSec / base.opsPerSec : Number.NaN;
         const cpuRatio = base && t.v.driver === "postgres" ? s.cpuPerRow / base.cpuPerRow : Number.NaN;
-        if (Number.isFinite(ratio) && (!best || ratio > best.ratio))
-          best = { idiom: t.v.idiom, ratio, cpu: cpuRatio };
+        const top = best.get(pairOf(t));
+        if (Number.isFinite(ratio) && (!top || ratio > top.ratio))
+          best.set(pairOf(t), { idiom: t.v.idiom, ratio, cpu: cpuRatio });
         rows.push([
           c.name,
           t.v.driver,
@@ -438,9 +492,9 @@ async function main() {
           Number.isFinite(cpuRatio) ? fmt(cpuRatio, 2) : "",
         ]);
       }
-      if (best)
+      for (const [pair, b] of best)
         verdicts.push(
-          `${c.name}: postgres.js (${best.idiom}) at ${fmt(best.ratio, 2)}× pg's throughput, ${fmt(best.cpu, 2)}× its client CPU per row`,
+          `${c.name}${pair === "plain" ? "" : ` (${pair})`}: postgres.js (${b.idiom}) at ${fmt(b.ratio, 2)}× pg's throughput, ${fmt(b.cpu, 2)}× its client CPU per row`,
         );
     }
     const report = [
@@ -470,7 +524,12 @@ async function main() {
     if (err instanceof Interrupted) process.stderr.write("interrupted\n");
     else process.stderr.write(`${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   } finally {
-    await Promise.allSettled([sql.end({ timeout: 5 }), pool.end(), admin.end({ timeout: 5 })]);
+    await Promise.allSettled([
+      sql.end({ timeout: 5 }),
+      pool.end(),
+      pipelinedPool.end(),
+      admin.end({ timeout: 5 }),
+    ]);
     await drop();
   }
   process.exit(interrupted ? 130 : failed ? 1 : 0);
