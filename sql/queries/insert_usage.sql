@@ -1,8 +1,8 @@
 -- Stores ledger rows and their outgoing Lago events in one statement (so in one transaction).
 -- Rows come as one array per column ($1..$24, unnested together) and outgoing events likewise
 -- ($25..$32, each naming its request id): PostgreSQL reads typed arrays faster than it converts
--- JSON documents into records (measured, BENCHMARKS.md). JSON and boolean columns come as text
--- (postgres.js would type a boolean array as a single boolean). Rows whose request id is already stored
+-- JSON documents into records (measured, BENCHMARKS.md); each array comes as one array literal
+-- (src/db/array-literal.ts). JSON and boolean columns come as text. Rows whose request id is already stored
 -- are skipped; their events are not inserted. Returns the request ids that were inserted.
 WITH inserted AS (
   INSERT INTO usage_events (

@@ -1,4 +1,5 @@
 import type { Logger } from "pino";
+import { arrayLiteral } from "../db/array-literal.ts";
 import type { Sql } from "../db/pool.ts";
 import { query } from "../db/queries.ts";
 import type { OutgoingEvent } from "../lago/mapping.ts";
@@ -145,7 +146,7 @@ export class Ledger {
       let outgoing = 0;
       const res = await this.#sql.unsafe<{ request_id: string; outgoing: number }[]>(
         query("insert_usage"),
-        [...rows.arrays, ...events.arrays] as never,
+        [...rows.literals(), ...events.literals()],
         PREPARED,
       );
       for (const r of res) {
@@ -258,13 +259,14 @@ const EVENT_COLUMNS = [
   "precise_total_amount_cents",
   "external_subscription_id",
 ] as const;
-// JSON-valued and boolean columns go as text (cast in SQL): postgres.js infers an array's type from
-// its elements and would send a boolean array as one boolean.
+// JSON-valued and boolean columns go as text (cast in SQL).
 const JSON_COLUMNS = new Set(["metadata", "properties"]);
 
-/** Rows as one array per column, in insert_usage.sql's parameter order. */
+type Cell = string | number | null;
+
+/** Rows as one array per column, in insert_usage.sql's parameter order, sent as array literals. */
 class Columns {
-  readonly arrays: unknown[][];
+  readonly arrays: Cell[][];
   readonly #names: readonly string[];
   readonly #json: boolean[];
   length = 0;
@@ -276,11 +278,20 @@ class Columns {
   add(row: Record<string, unknown>): void {
     for (let i = 0; i < this.#names.length; i++) {
       const v = row[this.#names[i] as string] ?? null;
-      (this.arrays[i] as unknown[]).push(
-        v === null ? null : this.#json[i] ? JSON.stringify(v) : typeof v === "boolean" ? String(v) : v,
+      (this.arrays[i] as Cell[]).push(
+        v === null
+          ? null
+          : this.#json[i]
+            ? JSON.stringify(v)
+            : typeof v === "boolean"
+              ? String(v)
+              : (v as string | number),
       );
     }
     this.length++;
+  }
+  literals(): string[] {
+    return this.arrays.map(arrayLiteral);
   }
 }
 
