@@ -6,12 +6,12 @@
  * (BENCHMARKS.md). Strings are always quoted, so "NULL", "", braces, commas and spaces stay text;
  * null is SQL NULL.
  */
-export function arrayLiteral(values: readonly (string | number | bigint | null)[]): string {
+export function arrayLiteral(values: readonly (string | number | null)[]): string {
   let out = "{";
   for (let i = 0; i < values.length; i++) {
     if (i > 0) out += ",";
     const v = values[i];
-    if (v === null || v === undefined) out += "NULL";
+    if (v === null) out += "NULL";
     else if (typeof v === "string") out += `"${escapeElement(v)}"`;
     else out += String(v);
   }

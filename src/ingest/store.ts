@@ -266,19 +266,19 @@ type Cell = string | number | null;
 
 /** Rows as one array per column, in insert_usage.sql's parameter order, sent as array literals. */
 class Columns {
-  readonly arrays: Cell[][];
+  readonly #arrays: Cell[][];
   readonly #names: readonly string[];
   readonly #json: boolean[];
   length = 0;
   constructor(names: readonly string[]) {
     this.#names = names;
     this.#json = names.map((n) => JSON_COLUMNS.has(n));
-    this.arrays = names.map(() => []);
+    this.#arrays = names.map(() => []);
   }
   add(row: Record<string, unknown>): void {
     for (let i = 0; i < this.#names.length; i++) {
       const v = row[this.#names[i] as string] ?? null;
-      (this.arrays[i] as Cell[]).push(
+      (this.#arrays[i] as Cell[]).push(
         v === null
           ? null
           : this.#json[i]
@@ -291,7 +291,7 @@ class Columns {
     this.length++;
   }
   literals(): string[] {
-    return this.arrays.map(arrayLiteral);
+    return this.#arrays.map(arrayLiteral);
   }
 }
 
