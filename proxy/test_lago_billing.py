@@ -110,6 +110,10 @@ def count_lines(*paths):
 
 
 class LagoBillingTest(unittest.IsolatedAsyncioTestCase):
+    """Runs with the default HTTP client (aiohttp where LiteLLM is installed); the subclasses at the
+    end run the same tests with httpx and with urllib."""
+    TRANSPORT = None
+
     def setUp(self):
         tmp = tempfile.TemporaryDirectory()
         self.addCleanup(tmp.cleanup)
@@ -122,7 +126,7 @@ class LagoBillingTest(unittest.IsolatedAsyncioTestCase):
 
     def make(self, url, **kw):
         args = dict(service_url=url, secret=SECRET, flush_interval=0.05, max_backoff=0.1, timeout=2,
-                    spool_path=self.spool)
+                    spool_path=self.spool, transport=self.TRANSPORT)
         args.update(kw)
         cb = LagoBillingCallback(**args)
         self.addCleanup(cb.close, 1.0)
@@ -218,6 +222,25 @@ class LagoBillingTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(rec["startTime"], "2024-01-01 00:00:00+00:00")
         self.assertEqual(rec["when"], "2024-05-06")
         self.assertTrue(rec["weird"].startswith("<object object"))
+
+    async def test_http_proxy_and_no_proxy_from_the_environment_apply(self):
+        proxy = self.server()  # stands in for an HTTP proxy: it sees the absolute URL
+        old = {k: os.environ.get(k) for k in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy")}
+
+        def restore():
+            for k, v in old.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+        self.addCleanup(restore)
+        os.environ["HTTP_PROXY"] = os.environ["http_proxy"] = proxy.url
+        os.environ["NO_PROXY"] = os.environ["no_proxy"] = "localhost"
+        cb = self.make("http://webhook-service.invalid:3001")
+        await self.send(cb, [1])
+        await self.wait_until(lambda: proxy.ids() == ["call-001"], msg="the POST through the proxy")
+        self.assertEqual(proxy.requests[0]["path"], "http://webhook-service.invalid:3001/webhooks/litellm")
+        self.assertEqual(lago_billing._env_proxy("http://localhost:3001/webhooks/litellm"), None)
+        os.environ["NO_PROXY"] = os.environ["no_proxy"] = "webhook-service.invalid"
+        self.assertEqual(lago_billing._env_proxy("http://webhook-service.invalid:3001/webhooks/litellm"), None)
 
     async def test_5xx_then_recovery_logged_once_per_burst(self):
         svc = self.server()
@@ -454,6 +477,8 @@ class LagoBillingTest(unittest.IsolatedAsyncioTestCase):
                           cb.timeout, cb.max_backoff),
                          ("http://svc:1/webhooks/litellm", "e", 7, 0.25, 9, "/x/s", 3.0, 30.0))
         self.assertIsNone(cb._thread)  # nothing started at construction
+        self.assertEqual(cb.transport, "aiohttp" if lago_billing.aiohttp else "httpx" if lago_billing.httpx
+                         else "urllib")
         self.assertIsNone(cb._metrics_server)  # LAGO_BILLING_METRICS_PORT unset: no metrics server
 
     def test_metrics_port_from_env(self):
@@ -469,6 +494,15 @@ class LagoBillingTest(unittest.IsolatedAsyncioTestCase):
         self.addCleanup(cb.stop_metrics_server)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
             self.assertIn("lago_billing_callback_spool_bytes 0", r.read().decode())
+
+
+@unittest.skipUnless(lago_billing.httpx, "httpx not installed")
+class LagoBillingHttpxTest(LagoBillingTest):
+    TRANSPORT = "httpx"
+
+
+class LagoBillingUrllibTest(LagoBillingTest):
+    TRANSPORT = "urllib"
 
 
 if __name__ == "__main__":

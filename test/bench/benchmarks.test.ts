@@ -15,6 +15,13 @@ describe("benchmark scripts (smoke)", () => {
     }, 300_000);
   }
 
+  it("bench/callback.ts runs every version of the callback and the service acknowledges every call", () => {
+    const r = run("bench/callback.ts");
+    expect(r.status, `${r.stdout}\n${r.stderr}`).toBe(0);
+    expect(r.stdout).toMatch(/correctness: every call acknowledged by the service/);
+    expect(r.stdout).toMatch(/default client \(aiohttp\)/);
+  }, 300_000);
+
   it("bench/drivers.ts (postgres vs pg) runs and the rows it reports are written", () => {
     const r = run("bench/drivers.ts");
     expect(r.status, `${r.stdout}\n${r.stderr}`).toBe(0);
