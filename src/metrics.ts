@@ -40,7 +40,10 @@ export function statusClass(status: number | null): string {
 export function createMetrics(): Metrics {
   const registry = new Registry();
   // process_* and nodejs_* (CPU, memory, event loop lag), unprefixed as every Node exporter has them.
-  collectDefaultMetrics({ register: registry });
+  // The lag is sampled every 100 ms, not prom-client's 10: each sample is a timer wake-up of the
+  // process, and at 100 a second they were most of an idle service's CPU (9 ms/s on the benchmark
+  // VM, BENCHMARKS.md). A sample still measures how late it fired, so a blocked loop still shows.
+  collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 100 });
   const p = "lago_billing_";
   return {
     registry,
