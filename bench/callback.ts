@@ -19,8 +19,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { createDatabase, freePort, machineInfo, SECRET, startService, waitHealthy } from "./harness.ts";
-import { fmt, Report, table } from "./lib.ts";
+import { fmt, percentile, Report, table } from "./lib.ts";
+
 import { saveResult } from "./results.ts";
+
+const percentile50 = (values: number[]) => percentile(values, 50);
 
 const { values: args } = parseArgs({
   options: {
@@ -87,12 +90,6 @@ function drive(caseArgs: string[], url: string): Promise<Run> {
   });
 }
 
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
-}
-
 async function main(): Promise<void> {
   const report = new Report();
   report.line("Billing callback benchmark: its CPU in the proxy process per call");
@@ -147,8 +144,8 @@ async function main(): Promise<void> {
   }
 
   const base = cases[0] as Case;
-  const baseMain = median(base.runs.map((r) => r.main_cpu_s / r.calls));
-  const baseProc = median(base.runs.map((r) => r.process_cpu_s / r.calls));
+  const baseMain = percentile50(base.runs.map((r) => r.main_cpu_s / r.calls));
+  const baseProc = percentile50(base.runs.map((r) => r.process_cpu_s / r.calls));
   const us = (s: number) => fmt(s * 1e6, 0);
   report.line("");
   report.line(
@@ -160,11 +157,11 @@ async function main(): Promise<void> {
     const lost = c.runs.reduce((s, r) => s + (r.calls - r.delivered), 0);
     return [
       c.name,
-      us(median(per((r) => r.main_cpu_s)) - (c === base ? 0 : baseMain)),
-      us(median(per((r) => r.sender_cpu_s))),
-      `${us(median(proc))} (${us(Math.min(...proc))}–${us(Math.max(...proc))})`,
-      c === base ? "" : us(median(proc) - baseProc),
-      fmt(median(per((r) => r.posts)), 2),
+      us(percentile50(per((r) => r.main_cpu_s)) - (c === base ? 0 : baseMain)),
+      us(percentile50(per((r) => r.sender_cpu_s))),
+      `${us(percentile50(proc))} (${us(Math.min(...proc))}–${us(Math.max(...proc))})`,
+      c === base ? "" : us(percentile50(proc) - baseProc),
+      fmt(percentile50(per((r) => r.posts)), 2),
       String(lost),
     ];
   });
@@ -183,7 +180,7 @@ async function main(): Promise<void> {
     ),
   );
   const callback = (c: Case | undefined) =>
-    c ? median(c.runs.map((r) => r.process_cpu_s / r.calls)) - baseProc : Number.NaN;
+    c ? percentile50(c.runs.map((r) => r.process_cpu_s / r.calls)) - baseProc : Number.NaN;
   const before = cases.find((c) => c.name.startsWith("before"));
   const now = cases[cases.length - 1];
   if (before) {

@@ -64,7 +64,10 @@ async def main():
     if cb is not None:
         await cb.async_log_success_event({"standard_logging_object": dict(template, id=f"warm-{uuid.uuid4()}")},
                                          None, None, None)
+        deadline = time.monotonic() + 30
         while cb.delivered < 1:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the warm-up record was not acknowledged by {a.url} within 30 s")
             await asyncio.sleep(0.01)
         posts[0] = 0
     sender = cb._thread.ident if cb is not None else None
