@@ -20,7 +20,6 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { createDatabase, freePort, machineInfo, SECRET, startService, waitHealthy } from "./harness.ts";
 import { fmt, percentile, Report, table } from "./lib.ts";
-
 import { saveResult } from "./results.ts";
 
 const percentile50 = (values: number[]) => percentile(values, 50);
