@@ -142,28 +142,36 @@ async function main(): Promise<void> {
     await db.drop();
   }
 
-  const base = cases[0] as Case;
-  const baseMain = percentile50(base.runs.map((r) => r.main_cpu_s / r.calls));
-  const baseProc = percentile50(base.runs.map((r) => r.process_cpu_s / r.calls));
+  /** Per case: medians of the rounds of each per-call CPU figure, the process's spread, calls lost. */
+  const stats = cases.map((c) => {
+    const per = (f: (r: Run) => number) => c.runs.map((r) => f(r) / r.calls);
+    const proc = per((r) => r.process_cpu_s);
+    return {
+      c,
+      main: percentile50(per((r) => r.main_cpu_s)),
+      sender: percentile50(per((r) => r.sender_cpu_s)),
+      proc: percentile50(proc),
+      procMin: Math.min(...proc),
+      procMax: Math.max(...proc),
+      posts: percentile50(per((r) => r.posts)),
+      lost: c.runs.reduce((s, r) => s + (r.calls - r.delivered), 0),
+    };
+  });
+  const base = stats[0] as (typeof stats)[number];
   const us = (s: number) => fmt(s * 1e6, 0);
   report.line("");
   report.line(
     "µs of CPU per call, median of the rounds (spread lowest–highest of the process column); 'callback' is the process minus the driver alone",
   );
-  const rows = cases.map((c) => {
-    const per = (f: (r: Run) => number) => c.runs.map((r) => f(r) / r.calls);
-    const proc = per((r) => r.process_cpu_s);
-    const lost = c.runs.reduce((s, r) => s + (r.calls - r.delivered), 0);
-    return [
-      c.name,
-      us(percentile50(per((r) => r.main_cpu_s)) - (c === base ? 0 : baseMain)),
-      us(percentile50(per((r) => r.sender_cpu_s))),
-      `${us(percentile50(proc))} (${us(Math.min(...proc))}–${us(Math.max(...proc))})`,
-      c === base ? "" : us(percentile50(proc) - baseProc),
-      fmt(percentile50(per((r) => r.posts)), 2),
-      String(lost),
-    ];
-  });
+  const rows = stats.map((x) => [
+    x.c.name,
+    us(x === base ? x.main : x.main - base.main),
+    us(x.sender),
+    `${us(x.proc)} (${us(x.procMin)}–${us(x.procMax)})`,
+    x === base ? "" : us(x.proc - base.proc),
+    fmt(x.posts, 2),
+    String(x.lost),
+  ]);
   report.block(
     table(
       [
@@ -178,18 +186,16 @@ async function main(): Promise<void> {
       rows,
     ),
   );
-  const callback = (c: Case | undefined) =>
-    c ? percentile50(c.runs.map((r) => r.process_cpu_s / r.calls)) - baseProc : Number.NaN;
-  const before = cases.find((c) => c.name.startsWith("before"));
-  const now = cases[cases.length - 1];
+  const before = stats.find((x) => x.c.name.startsWith("before"));
+  const now = stats[stats.length - 1] as (typeof stats)[number];
   if (before) {
     report.line("");
     report.line(
-      `the shipped callback costs ${us(callback(now) - callback(before))} µs of CPU per call more than before issue 12; ` +
+      `the shipped callback costs ${us(now.proc - before.proc)} µs of CPU per call more than before issue 12; ` +
         "as a share of the proxy's CPU per call, divide by (a) of bench/litellm.ts (about 20 ms on these machines)",
     );
   }
-  const lost = cases.reduce((s, c) => s + c.runs.reduce((t, r) => t + (r.calls - r.delivered), 0), 0);
+  const lost = stats.reduce((s, x) => s + x.lost, 0);
   report.line(
     `correctness: ${lost === 0 ? "every call acknowledged by the service" : `${lost} calls NOT delivered`}`,
   );

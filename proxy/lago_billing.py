@@ -406,24 +406,27 @@ class LagoBillingCallback(CustomLogger):
         if self.secret:
             headers["Authorization"] = f"Bearer {self.secret}"
         try:
+            if self._client is None:
+                self._client = self._new_client()
             if self.transport == "aiohttp":
-                if self._client is None:
-                    self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
-                    self._proxy = _env_proxy(self.url)  # HTTP_PROXY / NO_PROXY apply, as with httpx
                 async with self._client.post(self.url, data=body, headers=headers, proxy=self._proxy) as resp:
                     return resp.status, (await resp.read())[:500].decode("utf-8", "replace")
             if self.transport == "httpx":
-                if self._client is None:
-                    self._client = httpx.AsyncClient(timeout=self.timeout)
                 resp = await self._client.post(self.url, content=body, headers=headers)
                 return resp.status_code, resp.text[:500]
-            if self._client is None:
-                self._proxy = _env_proxy(self.url)
-                self._client = urllib.request.build_opener(
-                    urllib.request.ProxyHandler({"http": self._proxy} if self._proxy else {}))
             return await asyncio.to_thread(self._post_urllib, body, headers)
         except Exception as exc:
             return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+    def _new_client(self):
+        """The transport's client, made at the first POST (on the private loop). HTTP_PROXY and
+        NO_PROXY apply to all three: httpx reads them itself, the others from _env_proxy."""
+        if self.transport == "httpx":
+            return httpx.AsyncClient(timeout=self.timeout)
+        self._proxy = _env_proxy(self.url)
+        if self.transport == "aiohttp":
+            return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        return urllib.request.build_opener(urllib.request.ProxyHandler({"http": self._proxy} if self._proxy else {}))
 
     def _post_urllib(self, body, headers):
         req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
