@@ -103,7 +103,7 @@ class LagoBillingCallback(CustomLogger):
         self._queue = collections.deque()  # serialised JSON records (bytes); thread-safe ops only
         self._start_lock = threading.Lock()
         self._thread = self._loop = self._task = self._client = self._proxy = None
-        # The HTTP client for POSTs: aiohttp (about a quarter of httpx's CPU per POST), else httpx,
+        # The HTTP client for POSTs: aiohttp (about a third of httpx's CPU per POST), else httpx,
         # else urllib in a thread. `transport` forces one (tests run all three).
         self.transport = transport or ("aiohttp" if aiohttp else "httpx" if httpx else "urllib")
         self._spill_pending = False
